@@ -1,0 +1,19 @@
+"""Small ("smoke") parameters for the papermill runs of the notebooks in tests/test_notebooks.py.
+
+``SMOKE_PARAMS`` maps a notebook's file name (``"01_coconut.ipynb"``) to the overrides that make
+it run in well under a minute on 2 CPU cores: a tiny model, a handful of steps, a few examples.
+The harness adds ``out_dir`` itself (a fresh temporary folder), so leave that out. Every name
+must exist in the notebook's ``parameters`` cell and match its annotated type; this is checked
+before any kernel starts (``workbench.sweep.validate_parameters``), and a test fails for a key
+that names no notebook. A notebook without an entry runs with its own defaults.
+
+Example::
+
+    SMOKE_PARAMS = {
+        "01_coconut.ipynb": {"smoke": True, "steps": 20, "n_eval": 16},
+    }
+"""
+
+from __future__ import annotations
+
+SMOKE_PARAMS: dict[str, dict] = {}

@@ -1,0 +1,194 @@
+"""Command line: ``workbench data | train | eval | sweep | demo`` (also ``python -m workbench``).
+
+Configs come from a YAML file (``--config``) with the sections ``data``, ``model``, ``train``
+and per method (``coconut``), overridden by flags and by ``--set section.key=value``. Every
+section is a typed dataclass: an unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from workbench.config import ConfigError, config_from_dict, load_yaml
+
+SECTIONS = ("method", "data", "model", "train", "coconut")
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``["train.lr=3e-4", ...]`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def load_run_config(path: str | None, overrides: dict) -> dict:
+    """Merge a YAML config with overrides; unknown sections are an error naming them."""
+    cfg = load_yaml(path) if path else {}
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    unknown = sorted(set(cfg) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path or 'config'}: unknown section(s) {unknown}; known sections: {list(SECTIONS)}")
+    return cfg
+
+
+def _data_from(cfg: dict, source: str):
+    from workbench.data.datasets import DataConfig
+    from workbench.experiment import prepare_data
+
+    dc = config_from_dict(DataConfig, cfg.get("data", {}), source=f"{source}:data")
+    return prepare_data(dc.task, train_size=dc.train_size, val_size=dc.val_size, test_size=dc.test_size,
+                        seed=dc.seed, path=dc.path, **(dc.difficulty or {}))
+
+
+def cmd_data(args) -> int:
+    from workbench.data.datasets import DataConfig
+
+    cfg = load_run_config(args.config, _parse_set(args.set))
+    data_cfg = cfg.setdefault("data", {})
+    for k in ("task", "seed", "path"):
+        if getattr(args, k) is not None:
+            data_cfg[k] = getattr(args, k)
+    config_from_dict(DataConfig, data_cfg, source="data")
+    data = _data_from(cfg, args.config or "flags")
+    tok = data.tokenizer
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        steps = sum(len(e["steps"]) for e in split) / max(1, len(split))
+        print(f"{name:5s} {len(split):7d} examples, {steps:.2f} steps on average")
+    print(f"tokenizer: {len(tok)} tokens; first test example: {json.dumps(data.test[0])[:300]}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from workbench.experiment import default_train_config, train_baseline, train_coconut
+    from workbench.methods.coconut import CoconutConfig
+    from workbench.models.build import ModelConfig
+    from workbench.train import TrainConfig
+
+    cfg = load_run_config(args.config, _parse_set(args.set))
+    if args.method:
+        cfg["method"] = args.method
+    if args.steps:
+        cfg.setdefault("train", {})["max_steps"] = args.steps
+    src = args.config or "flags"
+    method = cfg.get("method", "cot")
+    data = _data_from(cfg, src)
+    mc = config_from_dict(ModelConfig, cfg.get("model", {}), source=f"{src}:model")
+    tc_values = {**asdict(default_train_config()), **cfg.get("train", {})}
+    tc = config_from_dict(TrainConfig, tc_values, source=f"{src}:train")
+    seed = cfg.get("data", {}).get("seed", 0)
+    budget = args.max_minutes * 60 if args.max_minutes else None
+    if method in ("cot", "nocot"):
+        tm = train_baseline(data, method, model_config=mc, train_config=tc, seed=seed, time_budget_s=budget)
+    elif method == "coconut":
+        cc = config_from_dict(CoconutConfig, cfg.get("coconut", {}), source=f"{src}:coconut")
+        base = None
+        if args.init:
+            from workbench.experiment import TrainedModel
+
+            base = TrainedModel.load(args.init)
+        tm = train_coconut(data, base, coconut=cc, train_config=tc, model_config=mc, seed=seed)
+    else:
+        raise ConfigError(f"method={method!r}: the CLI trains cot, nocot, coconut")
+    tm.meta["data"] = {"train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
+                       "seed": seed, "difficulty": data.difficulty}
+    out = tm.save(args.out)
+    res = tm.evaluate()
+    print(json.dumps(res.summary, indent=2))
+    print(f"saved to {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from workbench.experiment import TrainedModel, prepare_data
+    from workbench.runs import write_json, write_table
+
+    tm = TrainedModel.load(args.checkpoint)
+    data_meta = tm.meta.get("data", {})
+    data = prepare_data(tm.task if not args.path else "local", train_size=data_meta.get("train_size", 1000),
+                        test_size=args.test_size, seed=data_meta.get("seed", 0), path=args.path,
+                        tokenizer=tm.tokenizer, **data_meta.get("difficulty", {}))
+    res = tm.evaluate(data.test, batch_size=args.batch_size)
+    print(res.to_frame().to_string(index=False))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_table(Path(args.out) / "predictions.csv", res.per_example)
+        write_json(Path(args.out) / "metrics.json", res.summary)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from workbench import sweep
+
+    return sweep.main(args.rest)
+
+
+def cmd_demo(args) -> int:
+    from workbench.demo import DemoConfig, run_demo
+
+    values = {k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__ and v is not None}
+    run_demo(config_from_dict(DemoConfig, values, source="demo"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="generate/cache a task's splits and print statistics")
+    d.add_argument("--config"), d.add_argument("--task"), d.add_argument("--seed", type=int)
+    d.add_argument("--path", help="a local dataset file or folder instead of a generated task")
+    d.add_argument("--set", action="append", help="section.key=value override")
+    d.set_defaults(fn=cmd_data)
+
+    t = sub.add_parser("train", help="train a method and save it")
+    t.add_argument("--config"), t.add_argument("--method", choices=["cot", "nocot", "coconut"])
+    t.add_argument("--steps", type=int), t.add_argument("--max-minutes", type=float)
+    t.add_argument("--init", help="a saved TrainedModel folder to start from (coconut)")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--set", action="append", help="section.key=value override")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved model")
+    e.add_argument("checkpoint"), e.add_argument("--test-size", type=int, default=1000)
+    e.add_argument("--path", help="a local dataset instead of the model's task")
+    e.add_argument("--batch-size", type=int, default=256), e.add_argument("--out")
+    e.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("sweep", help="papermill sweep over a notebook's parameters", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_sweep)
+
+    m = sub.add_parser("demo", help="train CoT and no-CoT on 3x3 multiplication and compare (~10 min)")
+    m.add_argument("--cot-minutes", type=float), m.add_argument("--nocot-minutes", type=float)
+    m.add_argument("--test-size", type=int), m.add_argument("--seed", type=int), m.add_argument("--out-dir")
+    m.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"workbench {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

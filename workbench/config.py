@@ -1,0 +1,78 @@
+"""Typed configs shared by notebooks, the CLI and code: building them from dicts/YAML.
+
+Every config in the workbench is a ``@dataclass`` with a docstring per field and checks in
+``__post_init__``. This module turns plain mappings (YAML files, CLI flags, papermill
+parameters) into those dataclasses, and refuses unknown keys by name instead of ignoring them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names it and says what is allowed."""
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``values``; unknown keys are an error naming the key."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(names)}"
+        )
+    hints = typing.get_type_hints(cls)
+    coerced = {k: _coerce(v, hints.get(k, Any), f"{source}.{k}") for k, v in values.items()}
+    return cls(**coerced)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (an empty file is ``{}``)."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass as a plain JSON/YAML-friendly dict."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Light coercion for strings from the command line (``"3"`` -> 3 for an ``int`` field)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _coerce(value, args[0], where)
+        return value
+    if hint is bool and isinstance(value, str):
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+    if hint in (int, float) and isinstance(value, str):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

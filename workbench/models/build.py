@@ -1,0 +1,139 @@
+"""Build the small causal LM the workbench trains from scratch, or load a local checkpoint.
+
+One call, ``build_model``, covers both: a GPT-2 or Llama architecture from a
+:class:`ModelConfig` (default about 3.2M parameters: 4 layers, d=256, which learns 3x3
+multiplication with CoT in minutes on CPU), or ``model_name_or_path`` pointing to a local
+folder (never a hub download: ``local_files_only=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+ARCHITECTURES = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a from-scratch model (ignored when ``model_name_or_path`` is set)."""
+
+    arch: str = "gpt2"
+    """``gpt2`` (learned absolute positions, LayerNorm) or ``llama`` (RoPE, RMSNorm, SwiGLU)."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    d_model: int = 256
+    """Hidden size; also the size of a continuous thought."""
+    n_head: int = 4
+    """Attention heads; must divide ``d_model``."""
+    d_ff: int | None = None
+    """MLP width; ``None`` means 4 * d_model (GPT-2) or 4 * d_model (Llama, SwiGLU)."""
+    max_positions: int = 256
+    """Longest sequence (question + reasoning + answer) the model sees."""
+    dropout: float = 0.0
+    """Dropout in attention, residual and embeddings (0 suits tiny synthetic tasks)."""
+    tie_embeddings: bool = True
+    """Share input embedding and LM head (then ``E`` for superpositions equals the LM head)."""
+    model_name_or_path: str | None = None
+    """A local folder with a saved HF causal LM; when set, the shape fields above are ignored."""
+    attn_implementation: str = "sdpa"
+    """``sdpa`` or ``eager``; custom 4-D masks force one of these (never flash attention)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"ModelConfig.arch={self.arch!r}; choose one of {ARCHITECTURES}")
+        for name in ("n_layer", "d_model", "n_head", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(
+                f"ModelConfig.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'"
+            )
+
+
+def build_model(
+    config: ModelConfig | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    model_name_or_path: str | Path | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A causal LM built from ``config`` (init seeded by ``seed``) or loaded from a local folder.
+
+    ``tokenizer`` fixes the vocabulary size and special ids of a new model; for a loaded
+    model it resizes the embeddings when the tokenizer has gained tokens.
+    """
+    config = config or ModelConfig()
+    path = model_name_or_path or config.model_name_or_path
+    if path is not None:
+        return load_local_model(path, tokenizer, attn_implementation=config.attn_implementation)
+    if tokenizer is None:
+        raise ValueError("build_model needs a tokenizer to size a new model (tokenizer=...)")
+    vocab = len(tokenizer)
+    ids = dict(
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    d_ff = config.d_ff or 4 * config.d_model
+    if config.arch == "gpt2":
+        hf = GPT2Config(
+            vocab_size=vocab, n_positions=config.max_positions, n_embd=config.d_model, n_layer=config.n_layer,
+            n_head=config.n_head, n_inner=d_ff, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout, tie_word_embeddings=config.tie_embeddings, **ids,
+        )
+        cls = GPT2LMHeadModel
+    else:
+        hf = LlamaConfig(
+            vocab_size=vocab, hidden_size=config.d_model, intermediate_size=d_ff, num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head, num_key_value_heads=config.n_head,
+            max_position_embeddings=config.max_positions, attention_dropout=config.dropout,
+            tie_word_embeddings=config.tie_embeddings, **ids,
+        )
+        cls = LlamaForCausalLM
+    hf._attn_implementation = config.attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(hf)
+    return model
+
+
+def load_local_model(
+    path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    """Load a causal LM saved with ``save_pretrained`` from a local folder (no network)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model_name_or_path={str(path)!r} does not exist; the workbench loads local folders only "
+            "(download the checkpoint yourself, then pass its folder)"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, attn_implementation=attn_implementation, use_safetensors=True
+    )
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
