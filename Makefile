@@ -123,7 +123,7 @@ checkpoint: $(STAMP)
 # fails if either did. nbval exits 5 ("no tests") on a folder without notebooks, so that step is
 # skipped when notebooks/ has no .ipynb.
 test: $(STAMP)
-	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc1=0; rc2=0; \
+	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc1=0; rc2=0; nbval=ran; \
 	echo ">> [test 1/2] unit + papermill notebook tests: pytest -n $(JOBS) tests (budget $(TEST_TIMEOUT)s)"; \
 	$(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 $(TEST_TIMEOUT)) \
 	  "$(PY)" -m pytest -n $(JOBS) tests $(PYTEST_ARGS) || rc1=$$?; \
@@ -139,10 +139,11 @@ test: $(STAMP)
 	        notebooks/ $(NBVAL_ARGS) || rc2=$$?; \
 	  fi; \
 	else \
-	  echo ">> [test 2/2] notebooks/ has no .ipynb: nbval step skipped"; \
+	  echo ">> [test 2/2] notebooks/ has no .ipynb: nbval step skipped"; nbval=skipped; \
 	fi; \
 	describe() { case "$$1" in 0) echo passed;; 124|137) echo "TIMED OUT";; *) echo "FAILED (exit $$1)";; esac; }; \
-	echo ">> [test] pytest tests: $$(describe $$rc1); nbval notebooks: $$(describe $$rc2)"; \
+	if [ "$$nbval" = skipped ]; then r2=skipped; else r2=$$(describe $$rc2); fi; \
+	echo ">> [test] pytest tests: $$(describe $$rc1); nbval notebooks: $$r2"; \
 	[ "$$rc1" -eq 0 ] && [ "$$rc2" -eq 0 ]
 
 benchmarks: $(STAMP)

@@ -16,4 +16,11 @@ Example::
 
 from __future__ import annotations
 
-SMOKE_PARAMS: dict[str, dict] = {}
+SMOKE_PARAMS: dict[str, dict] = {
+    "00_quickstart.ipynb": {"cot_minutes": 0.1, "nocot_minutes": 0.05, "train_size": 400, "test_size": 16,
+                            "eval_every": 5, "digits": 2},
+    "01_coconut.ipynb": {"init_from": "scratch", "cot_minutes": 0.1, "nocot_minutes": 0.05, "steps_per_stage": 3,
+                         "final_stage_steps": 3, "batch_size": 8, "digits": 2, "max_latent_stage": 2,
+                         "test_size": 16},
+    "05_latent_trajectories.ipynb": {"smoke": True, "n_examples": 8, "top_k": 5},
+}

@@ -470,3 +470,41 @@ def test_lr_schedules_and_time_limit():
     timed.train()
     assert timed.step == 1
     assert timed.log_history[-1]["elapsed_s"] > 0
+
+
+def test_weight_decay_groups_and_optimizer_params():
+    trainer = Trainer(tiny_gpt2(), make_data(6), collate, cfg(max_steps=1, weight_decay=0.1))
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
+    n_unique = len({id(p) for p in trainer.unwrapped_model.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied wte/lm_head once
+
+    model = LMWithHead(tiny_gpt2())
+    lm_before = params_of(model.lm)
+    head_only = Trainer(
+        model,
+        make_data(6),
+        collate,
+        cfg(max_steps=2),
+        loss_fn=head_loss_fn,
+        optimizer_params=(p for p in model.head.parameters()),
+    )
+    head_only.train()
+    head_only.reset_optimizer()  # the generator was materialised, so this still finds the head
+    assert max_param_diff(params_of(model.lm), lm_before) == 0.0
+    assert sum(len(g["params"]) for g in head_only.optimizer.param_groups) == 2
+
+
+def test_train_again_after_raising_max_steps_continues_exactly():
+    data = make_data(10)
+    kw = dict(lr_schedule="constant", warmup_steps=0, grad_accum_steps=2)
+    straight = Trainer(tiny_gpt2(), data, collate, cfg(max_steps=4, **kw))
+    straight.train()
+    staged = Trainer(tiny_gpt2(), data, collate, cfg(max_steps=2, **kw))
+    staged.train()
+    assert staged.batch_in_epoch == 4  # stopped inside the first epoch
+    staged.config.max_steps = 4
+    staged.train()
+    assert staged.log_history.values("loss") == straight.log_history.values("loss")
+    assert staged.accelerator.gradient_state.in_dataloader is False

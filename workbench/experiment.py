@@ -289,13 +289,20 @@ def train_coconut(
     callbacks=None,
     seed: int = 0,
 ) -> TrainedModel:
-    """Coconut's curriculum (RESEARCH 2.1) from a CoT-trained ``base`` (or from scratch with ``cot_steps``)."""
+    """Coconut's curriculum (RESEARCH 2.1) from a CoT-trained ``base`` (or from scratch with ``cot_steps``).
+
+    ``base`` is copied, never modified, so it stays usable as the CoT baseline.
+    """
+    import copy
+
     cc = coconut or CoconutConfig(seed=seed)
     tok = data.tokenizer
     if isinstance(base, TrainedModel):
-        model = base.model
+        model = copy.deepcopy(base.model)
+    elif base is not None:
+        model = copy.deepcopy(base)
     else:
-        model = base if base is not None else build_model(model_config or ModelConfig(), tok, seed=seed)
+        model = build_model(model_config or ModelConfig(), tok, seed=seed)
     feedback = cc.make_feedback(model.config.hidden_size)
     has_params = any(True for _ in feedback.parameters())
     net = LatentLM(model, feedback) if has_params else model
@@ -356,6 +363,27 @@ def load_pretrained(method: str, *, test_size: int = 1000, seed: int = 0) -> Tra
                         **task_meta.get("difficulty", {}))
     tm.test_examples = data.test
     return tm
+
+
+def cot_starting_point(data: TaskData, init_from: str = "shipped", *, cot_minutes: float = 2.0,
+                       seed: int = 0) -> TrainedModel:
+    """The CoT model latent methods start from: the shipped checkpoint, or one trained here.
+
+    ``init_from="shipped"`` loads ``checkpoints/cot`` (rebuilt by ``make checkpoints``) and falls
+    back to training for ``cot_minutes`` when it is absent or does not fit ``data``'s tokenizer;
+    ``"scratch"`` always trains; any other value is a local TrainedModel folder.
+    """
+    if init_from not in ("shipped", "scratch"):
+        return TrainedModel.load(init_from, data.test)
+    if init_from == "shipped" and (checkpoints_dir() / "cot" / METHOD_FILE).exists():
+        tm = TrainedModel.load(checkpoints_dir() / "cot", data.test)
+        if tm.tokenizer.get_vocab() == data.tokenizer.get_vocab() and tm.task == data.task:
+            return tm
+        print(f"[workbench] shipped CoT checkpoint is for task {tm.task!r}; training CoT here instead")
+    elif init_from == "shipped":
+        print("[workbench] no shipped CoT checkpoint (make checkpoints); training CoT here instead")
+    return train_baseline(data, "cot", train_config=default_train_config(seed=seed), seed=seed,
+                          time_budget_s=60 * cot_minutes)
 
 
 def describe(tm: TrainedModel) -> dict[str, Any]:

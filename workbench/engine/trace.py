@@ -66,6 +66,18 @@ class Trace:
             stop_rule=self.stop_rule, meta=dict(self.meta),
         )
 
+    def topk_table(self, tokenizer, example: int = 0, k: int = 5):
+        """A quick look at one example: per step, entropy and the top-k tokens with probabilities."""
+        import pandas as pd
+
+        rows = []
+        for t in range(self.num_steps):
+            ids, ps = self.topk_ids[example, t, :k].tolist(), self.topk_probs[example, t, :k].tolist()
+            rows.append({"step": t, "fed_latent": bool(self.fed[example, t]), "entropy": float(self.entropy[example, t]),
+                         "top_tokens": "  ".join(f"{tokenizer.convert_ids_to_tokens(i)!s}:{p:.2f}"
+                                                 for i, p in zip(ids, ps))})
+        return pd.DataFrame(rows)
+
     @staticmethod
     def concat(traces: list["Trace"], pad_id: int = 0) -> "Trace":
         """Join traces of several batches (steps and prompt widths padded)."""

@@ -174,4 +174,4 @@ def evaluate(
         "ms_per_example": 1000.0 * wall / len(df),
         "engine_seconds": seconds,
     }
-    return EvalResult(df, summary, trace)
+    return EvalResult(df, summary, trace, {"max_new_tokens": max_new_tokens})

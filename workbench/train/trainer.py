@@ -473,7 +473,12 @@ class Trainer:
         self._last_saved_step: int | None = None
         self._auto_resume_done = False
         self._window = self._new_window()
-        self._optimizer_params = list(optimizer_params) if optimizer_params is not None else None
+        self._optimizer_params = None
+        if optimizer_params is not None:  # materialise generators: reset_optimizer reuses them
+            self._optimizer_params = [
+                {**g, "params": list(g["params"])} if isinstance(g, dict) else g
+                for g in optimizer_params
+            ]
 
         self.train_dataset = train_dataset
         loader = self._build_loader(train_dataset)
@@ -507,7 +512,7 @@ class Trainer:
 
     def _make_accelerator(self):
         from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
+        from accelerate.state import AcceleratorState, PartialState
         from accelerate.utils import GradientAccumulationPlugin
 
         cfg = self.config
@@ -524,8 +529,7 @@ class Trainer:
         except ValueError as err:
             # accelerate keeps one process-wide state; in a notebook, a second trainer with another
             # mixed_precision is legitimate on a single process, so reset that state and retry.
-            state = AcceleratorState._shared_state
-            if "already been initialized" not in str(err) or state.get("num_processes", 1) != 1:
+            if "already been initialized" not in str(err) or PartialState().num_processes != 1:
                 raise
             AcceleratorState._reset_state(reset_partial_state=False)
             return Accelerator(**kwargs)
@@ -671,7 +675,8 @@ class Trainer:
         self.callbacks.append(cb)
         return cb
 
-    def remove_callback(self, callback: TrainerCallback) -> None:
+    def remove_callback(self, callback: TrainerCallback | Callable[..., Any]) -> None:
+        """Unregister a callback object, or the function given to :meth:`add_callback`."""
         self.callbacks = [
             c
             for c in self.callbacks
@@ -852,10 +857,11 @@ class Trainer:
         micro_n = 0
         # the time budget is checked after every step, so a call with budget left makes progress
         done = self.step >= cfg.max_steps or self._time_up(elapsed0)
+        open_loader = None
         try:
             while not done:
                 n_batches = len(self._train_loader)
-                loader = self._epoch_loader()
+                loader = open_loader = self._epoch_loader()
                 for batch in loader:
                     with acc.accumulate(self.model):
                         loss, metrics = self._compute_loss(batch)
@@ -946,13 +952,14 @@ class Trainer:
                         done = True
                         break
                 else:
+                    open_loader = None
                     continue  # epoch exhausted: next epoch
-                if hasattr(loader, "end"):
-                    # leave accelerate's gradient state clean after breaking out early
-                    with contextlib.suppress(ValueError, AttributeError):
-                        loader.end()
         finally:
             self._elapsed_s = elapsed()
+            if open_loader is not None and hasattr(open_loader, "end"):
+                # left mid-epoch (stop or error): unregister it from accelerate's gradient state
+                with contextlib.suppress(ValueError, AttributeError):
+                    open_loader.end()
             if bar is not None:
                 bar.close()
 
@@ -1047,6 +1054,7 @@ class Trainer:
                     "elapsed_s": self._elapsed_s,
                     "sched_offset": self._sched_offset,
                     "num_processes": acc.num_processes,
+                    "num_examples": len(self.train_dataset),
                     "config": dataclasses.asdict(cfg),
                     "model_config": _model_config_dict(self.unwrapped_model),
                     "weights_format": "save_pretrained"
@@ -1073,11 +1081,11 @@ class Trainer:
                 except BaseException as err:  # noqa: BLE001
                     shutil.rmtree(tmp, ignore_errors=True)
                     error = err
-        acc.wait_for_everyone()
+        failed_somewhere = self._any_process(error is not None)  # also a barrier when distributed
         if error is not None:
             raise error
         if failed_somewhere:
-            raise RuntimeError(f"saving {path} failed on another process; nothing was written")
+            raise RuntimeError(f"saving {path} failed on another process; see its traceback")
         self._last_saved_step = self.step
         self._emit("on_save", path)
         return path
@@ -1243,6 +1251,9 @@ class Trainer:
             for k in _DATA_ORDER_FIELDS
             if k in saved_cfg and saved_cfg[k] != getattr(self.config, k)
         ]
+        n_saved = state.get("num_examples", len(self.train_dataset))
+        if n_saved != len(self.train_dataset):
+            changed.append(f"train_dataset size ({n_saved} -> {len(self.train_dataset)})")
         if state.get("num_processes", acc.num_processes) != acc.num_processes:
             changed.append(f"num_processes ({state['num_processes']} -> {acc.num_processes})")
         if changed:
