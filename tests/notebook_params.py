@@ -22,5 +22,8 @@ SMOKE_PARAMS: dict[str, dict] = {
     "01_coconut.ipynb": {"init_from": "scratch", "cot_minutes": 0.1, "nocot_minutes": 0.05, "steps_per_stage": 3,
                          "final_stage_steps": 3, "batch_size": 8, "digits": 2, "max_latent_stage": 2,
                          "test_size": 16},
+    "02_latent_sft.ipynb": {"init_from": "scratch", "cot_minutes": 0.1, "nocot_minutes": 0.05, "encoder_steps": 2,
+                            "decoder_steps": 2, "union_steps": 2, "stage2_steps": 3, "batch_size": 8,
+                            "train_size": 64, "digits": 2, "test_size": 16, "max_latent_steps": 4},
     "05_latent_trajectories.ipynb": {"smoke": True, "n_examples": 8, "top_k": 5},
 }

@@ -60,28 +60,23 @@ def test_pure_figures(setup):
         _snapshot(figs["step"])  # pure: same state, same figure
 
 
-@pytest.mark.parametrize("use_figure_widget", [False, True], ids=["output", "figurewidget"])
-def test_sliders_change_figures(setup, use_figure_widget):
-    if use_figure_widget and not figure_widgets_available():
-        pytest.skip("anywidget is not installed: FigureWidget unavailable")
-    insp = _inspector(setup, use_figure_widget)
-    kind = go.FigureWidget if use_figure_widget else go.Figure
-    assert all(isinstance(insp.figures[n], kind) for n in FIGURE_NAMES)
-    shown = dict(insp.figures)
+def test_sliders_change_figures(setup):
+    insp = _inspector(setup, use_figure_widget=False)
+    assert all(isinstance(insp.figures[n], go.Figure) for n in FIGURE_NAMES)
     before = {n: _snapshot(insp.figures[n]) for n in FIGURE_NAMES}
     assert insp.step_slider.max == 3  # sft: 3 latents -> 4 reads
 
     insp.step_slider.value = 2
     after = {n: _snapshot(insp.figures[n]) for n in FIGURE_NAMES}
-    assert after["step"] != before["step"] and after["topk"] != before["topk"]
+    assert after["step"] != before["step"] and after["topk"] != before["topk"] and after["curve"] != before["curve"]
     assert insp.figures["topk"].layout.shapes[0].x0 == 1.5
     assert "read 2" in insp.figures["step"].layout.title.text
-    if use_figure_widget:  # updated in place: the displayed widgets are the same objects
-        assert all(insp.figures[n] is shown[n] for n in FIGURE_NAMES)
-    else:  # go.Figure shown through Output widgets carrying the plotly mimetype
-        out = insp.figure_boxes["step"]
-        assert isinstance(out, W.Output)
-        assert "application/vnd.plotly.v1+json" in out.outputs[0]["data"]
+    out = insp.figure_boxes["step"]  # go.Figure shown through an Output widget carrying the plotly mimetype
+    assert isinstance(out, W.Output)
+    shown = out.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert shown["layout"]["title"]["text"] == insp.figures["step"].layout.title.text
+    marker = insp.figure_boxes["topk"].outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["shapes"][0]
+    assert marker["x0"] == 1.5  # the moved marker reached the displayed output too
 
     insp.top_k_slider.value = 3
     assert len(insp.figures["step"].data[0].y) == 3
@@ -89,6 +84,7 @@ def test_sliders_change_figures(setup, use_figure_widget):
 
     insp.layer_slider.value = 0
     assert "layer 0" in insp.figures["step"].layout.title.text
+    assert insp.figures["layers"].layout.shapes[0].y0 == -0.5
     insp.layer_stat_dropdown.value = "target probability"
     assert "target probability" in insp.figures["layers"].layout.title.text
 
@@ -98,6 +94,20 @@ def test_sliders_change_figures(setup, use_figure_widget):
     insp.method_dropdown.value = "coconut"
     assert insp.step_slider.max == 2 and insp.figures["topk"].layout.title.text.startswith("coconut")
     assert isinstance(insp.widget, W.VBox)
+
+
+@pytest.mark.skipif(not figure_widgets_available(), reason="anywidget is not installed: FigureWidget unavailable")
+def test_figure_widgets_update_in_place(setup):
+    insp = LatentInspector({"coconut": setup["pre"]}, setup["examples"], top_k=4, use_figure_widget=True)
+    assert all(isinstance(insp.figures[n], go.FigureWidget) for n in FIGURE_NAMES)
+    shown = dict(insp.figures)
+    bar = list(insp.figures["step"].data[0].y)
+    insp.step_slider.value = 1
+    assert list(insp.figures["step"].data[0].y) != bar
+    assert insp.figures["topk"].layout.shapes[0].x0 == 0.5
+    insp.example_selector.value = ("data", 1)  # a full rebuild
+    assert all(insp.figures[n] is shown[n] for n in FIGURE_NAMES)  # same displayed widgets, new contents
+    assert insp.figure_boxes["topk"] is insp.figures["topk"]
 
 
 def test_run_button_runs_typed_question(setup):

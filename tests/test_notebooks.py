@@ -93,7 +93,11 @@ def test_notebook_runs_with_papermill(nb_path: Path, tmp_path: Path) -> None:
 def test_strip_tool_cleans_a_dirty_notebook(tmp_path: Path, strip_tool: ModuleType) -> None:
     """The tool behind `make strip` / the clean check above (no kernel needed)."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "conda-env-x-py", "display_name": "x", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "conda-env-x-py",
+        "display_name": "x",
+        "language": "python",
+    }
     nb.metadata["papermill"] = {"duration": 1.0}
     params = nbformat.v4.new_code_cell("out_dir: str = 'out'  # artifacts", execution_count=1)
     params.metadata["tags"] = ["parameters"]
@@ -115,7 +119,10 @@ def test_strip_tool_cleans_a_dirty_notebook(tmp_path: Path, strip_tool: ModuleTy
     subprocess.run([sys.executable, tool, str(path)], check=True, capture_output=True)
     assert strip_tool.check_notebook(path) == []
     clean = nbformat.read(str(path), as_version=4)
-    assert [c.source for c in clean.cells] == ["out_dir: str = 'out'  # artifacts", "print(out_dir)"]
+    assert [c.source for c in clean.cells] == [
+        "out_dir: str = 'out'  # artifacts",
+        "print(out_dir)",
+    ]
     assert clean.metadata["kernelspec"]["name"] == "python3" and "papermill" not in clean.metadata
     assert read_notebook_parameters(path)["out_dir"].help == "artifacts"
 

@@ -47,12 +47,20 @@ with open(os.path.join(out_dir, "metrics.json"), "w") as f:
 
 def write_notebook(path: Path, params_source: str = PARAMS_SOURCE, tag: bool = True) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     params = nbformat.v4.new_code_cell(params_source)
     if tag:
         params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), params, nbformat.v4.new_code_cell(BODY_SOURCE)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# tiny"),
+        params,
+        nbformat.v4.new_code_cell(BODY_SOURCE),
+    ]
     nbformat.write(nb, str(path))
     return path
 
@@ -155,8 +163,14 @@ def test_cli_values_cast_to_annotation(nb: Path) -> None:
     grid = sw._grid_from_cli(
         nb,
         specs,
-        [("lr", "1e-3,3e-4"), ("x", "2"), ("x", "3"), ("name", "007"), ("flag", "true"),
-         ("sizes", "[1, 2, 3]")],
+        [
+            ("lr", "1e-3,3e-4"),
+            ("x", "2"),
+            ("x", "3"),
+            ("name", "007"),
+            ("flag", "true"),
+            ("sizes", "[1, 2, 3]"),
+        ],
         [("out_dir", "a,b")],
     )
     assert grid == {
@@ -232,14 +246,29 @@ def test_sweep_records_failure_and_continues(nb: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_main_end_to_end(nb: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "cli"
-    argv = [str(nb), "-p", "x", "1,2", "-p", "name", "rows", "-p", "lr", "1e-3", "--out-dir",
-            str(out_dir)]
+    argv = [
+        str(nb),
+        "-p",
+        "x",
+        "1,2",
+        "-p",
+        "name",
+        "rows",
+        "-p",
+        "lr",
+        "1e-3",
+        "--out-dir",
+        str(out_dir),
+    ]
     assert sw.main(argv) == 0
     out = capsys.readouterr().out
     assert "method" in out and "sweep.csv" in out
     df = pd.read_csv(out_dir / "sweep.csv")
     assert len(df) == 4  # 2 points x 2 rows (one per method)
-    assert sorted(zip(df["x"], df["method"], df["y"])) == [
-        (1, "m1", 2), (1, "m2", 3), (2, "m1", 4), (2, "m2", 6)
+    assert sorted(zip(df["x"], df["method"], df["y"], strict=True)) == [
+        (1, "m1", 2),
+        (1, "m2", 3),
+        (2, "m1", 4),
+        (2, "m2", 6),
     ]
     assert set(df["lr"]) == {0.001} and set(df["name"]) == {"rows"}

@@ -508,3 +508,26 @@ def test_train_again_after_raising_max_steps_continues_exactly():
     staged.train()
     assert staged.log_history.values("loss") == straight.log_history.values("loss")
     assert staged.accelerator.gradient_state.in_dataloader is False
+
+
+def test_schedule_by_time_decays_with_the_clock():
+    """With schedule_by_time, the lr reaches the floor when the time budget is spent."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from workbench.train import Trainer, TrainConfig
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    data = [torch.randint(0, 20, (8,)) for _ in range(8)]
+
+    def collate(items):
+        x = torch.stack(items)
+        return {"input_ids": x, "labels": x}
+
+    cfg = TrainConfig(max_steps=10**9, max_time_s=1.0, schedule_by_time=True, lr=1e-3, min_lr_ratio=0.1,
+                      batch_size=4, progress=False, log_every=1)
+    trainer = Trainer(model, data, collate, cfg)
+    trainer.train()
+    lrs = trainer.log_history.values("lr")
+    assert 1 < trainer.step < 10**9  # stopped by the clock, not by steps
+    assert lrs[0] > 0.5e-3 and lrs[-1] < 0.3e-3  # decayed towards min_lr_ratio * lr as time ran out

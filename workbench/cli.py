@@ -146,6 +146,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_build_checkpoints(args) -> int:
+    """Train the CoT model the notebooks start from and store it (fp16) under checkpoints/cot."""
+    import torch
+
+    from workbench.experiment import checkpoints_dir, default_train_config, prepare_data, train_baseline
+
+    torch.manual_seed(args.seed)
+    data = prepare_data("multiplication", train_size=100_000, test_size=1000, seed=args.seed, digits_a=3)
+    tm = train_baseline(data, "cot", train_config=default_train_config(seed=args.seed, eval_every=500),
+                        seed=args.seed, time_budget_s=60 * args.minutes)
+    tm.meta["data"] = {"train_size": 100_000, "val_size": len(data.val), "test_size": 1000, "seed": args.seed,
+                       "difficulty": data.difficulty}
+    res = tm.evaluate()
+    tm.meta["test_accuracy"] = res.summary["accuracy"]
+    out = tm.save(Path(args.out) if args.out else checkpoints_dir() / "cot", dtype=torch.float16)
+    print(json.dumps({"saved": str(out), **res.summary}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cot-minutes", type=float), m.add_argument("--nocot-minutes", type=float)
     m.add_argument("--test-size", type=int), m.add_argument("--seed", type=int), m.add_argument("--out-dir")
     m.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("build-checkpoints", help="train and store the CoT checkpoint the notebooks start from")
+    b.add_argument("--minutes", type=float, default=10.0), b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", help="folder (default checkpoints/cot)")
+    b.set_defaults(fn=cmd_build_checkpoints)
     return p
 
 

@@ -106,13 +106,21 @@ class TrainedModel:
         return evaluate(self.model, self.tokenizer, examples if examples is not None else self.test_examples,
                         spec=self.spec, method=self.method, **kwargs)
 
-    def save(self, path: str | Path) -> Path:
-        """Write model, tokenizer and method description to ``path`` atomically."""
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write model, tokenizer and method description to ``path`` atomically.
+
+        ``dtype`` (e.g. ``torch.float16``) stores the weights smaller; loading returns fp32.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            if dtype is None:
+                self.model.save_pretrained(tmp, safe_serialization=True)
+            else:
+                import copy as _copy
+
+                _copy.deepcopy(self.model).to(dtype).save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             if self.spec is not None and self.spec.feedback is not None and any(
                     True for _ in self.spec.feedback.parameters()):
@@ -202,33 +210,6 @@ def default_train_config(**overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def steps_for_budget(model, items, collate_fn, batch_size: int, seconds: float, loss_fn=None,
-                     probe_steps: int = 8) -> int:
-    """Optimizer steps that fit in ``seconds``, timed on a throw-away copy of ``model``.
-
-    Lets a time budget ("10 minutes of training") keep a proper warm-up + cosine schedule,
-    which needs the number of steps up front; ``max_time_s`` stays as a hard stop.
-    """
-    import copy
-    import time
-
-    probe = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
-    batch = collate_fn(list(items[:batch_size]))
-    times = []
-    for _ in range(probe_steps):
-        t0 = time.perf_counter()
-        loss = loss_fn(probe, batch) if loss_fn else probe(**{k: batch[k] for k in (
-            "input_ids", "attention_mask", "position_ids", "labels")}).loss
-        loss = loss[0] if isinstance(loss, tuple) else loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    per_step = sorted(times[2:])[len(times[2:]) // 2]  # median after warm-up
-    return max(1, int(seconds / per_step))
-
-
 def _val_accuracy_fn(tokenizer, examples, spec_fn):
     def eval_fn(trainer):
         model = trainer.unwrapped_model
@@ -251,8 +232,8 @@ def train_baseline(
 ) -> TrainedModel:
     """Explicit-CoT (``cot``) or answer-only (``nocot``) SFT of a new or given model.
 
-    With ``time_budget_s`` the step count is calibrated to the budget (see
-    :func:`steps_for_budget`) and training also stops hard when the budget is spent.
+    With ``time_budget_s`` training runs for that wall time: the lr schedule follows the
+    elapsed time (``TrainConfig.schedule_by_time``), so it completes whatever the machine's speed.
     """
     if mode not in ("cot", "nocot"):
         raise ValueError(f"mode={mode!r}; baselines are 'cot' and 'nocot'")
@@ -262,8 +243,8 @@ def train_baseline(
     eval_fn = _val_accuracy_fn(tok, data.val, lambda: None) if data.val and cfg.eval_every else None
     items, collator = tokenize_examples(data.train, tok), SequenceCollator(tok, with_steps=mode == "cot")
     if time_budget_s is not None:
-        steps = steps_for_budget(model, items, collator, cfg.batch_size * cfg.grad_accum_steps, time_budget_s)
-        cfg = TrainConfig(**{**asdict(cfg), "max_steps": steps, "max_time_s": time_budget_s})
+        cfg = TrainConfig(**{**asdict(cfg), "max_steps": 10**9, "max_time_s": time_budget_s,
+                             "schedule_by_time": True})
     trainer = Trainer(model, items, collator, cfg, eval_fn=eval_fn, callbacks=callbacks)
     trainer.train()
     hist = trainer.log_history.to_pandas()
@@ -333,6 +314,32 @@ def train_coconut(
     hist = pd.concat(frames, ignore_index=True) if frames else None
     meta = {"coconut": asdict(cc), "params": count_parameters(model), "train_steps": trainer.step, "seed": seed}
     return TrainedModel("coconut", model, tok, cc.inference_spec(feedback), hist, data.task, data.test, meta)
+
+
+def train_latent_sft(
+    data: TaskData,
+    base: TrainedModel | PreTrainedModel,
+    *,
+    config=None,
+    output_dir: str | None = None,
+    callbacks=None,
+) -> TrainedModel:
+    """Latent-SFT (RESEARCH Part A 1) from a CoT-trained ``base``: stage 1, soft labels, stage 2.
+
+    ``base`` is not modified. See :mod:`workbench.methods.latent_sft` for the stages and deviations.
+    """
+    import tempfile as _tempfile
+
+    from workbench.methods.latent_sft import LatentSFTConfig
+    from workbench.methods.latent_sft import train_latent_sft as _train
+
+    cfg = config or LatentSFTConfig()
+    model = base.model if isinstance(base, TrainedModel) else base
+    out = output_dir or _tempfile.mkdtemp(prefix="latent_sft-")
+    res = _train(model, data.tokenizer, data.train, cfg, eval_examples=data.val or None, output_dir=out,
+                 callbacks=callbacks)
+    meta = {"latent_sft": asdict(cfg), "params": count_parameters(res.model), "soft_labels": str(res.soft_label_path)}
+    return TrainedModel("latent_sft", res.model, data.tokenizer, res.spec, res.history, data.task, data.test, meta)
 
 
 def compare(models: list[TrainedModel], examples=None, **kwargs) -> pd.DataFrame:

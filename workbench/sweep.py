@@ -252,15 +252,11 @@ def _union_members(type_name: str) -> list[str] | None:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not (
-        type(value).__name__ == "bool_"
-    )
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not (
-        type(value).__name__ == "bool_"
-    )
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _matches(value: Any, type_name: str) -> bool:
@@ -294,7 +290,8 @@ def _matches(value: Any, type_name: str) -> bool:
         if len(args) == 2 and args[1] == "...":
             return all(_matches(v, args[0]) for v in value)
         return not args or (
-            len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+            len(args) == len(value)
+            and all(_matches(v, a) for v, a in zip(value, args, strict=True))
         )
     if base == "dict":
         if not isinstance(value, dict):
@@ -324,7 +321,7 @@ def _normalize(value: Any, type_name: str) -> Any:
         if base == "tuple" and len(args) == 2 and args[1] == "...":
             return [_normalize(v, args[0]) for v in value]
         if base == "tuple" and len(args) == len(value):
-            return [_normalize(v, a) for v, a in zip(value, args)]
+            return [_normalize(v, a) for v, a in zip(value, args, strict=True)]
         return [_normalize(v, "Any") for v in value]
     if base == "dict" and isinstance(value, dict):
         if len(args) == 2:
@@ -410,7 +407,10 @@ def _execute(
     if kernel_name.startswith("python") and "extra_arguments" not in papermill_kwargs:
         # ipykernel logs start-up chatter (e.g. "running over TCP without encryption") straight
         # to stderr, once per kernel; keep real errors only.
-        papermill_kwargs = {**papermill_kwargs, "extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
+        papermill_kwargs = {
+            **papermill_kwargs,
+            "extra_arguments": ["--IPKernelApp.log_level=ERROR"],
+        }
     papermill.execute_notebook(
         str(nb_path),
         str(out_path),
@@ -503,8 +503,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if isinstance(data, list) and all(isinstance(row, dict) for row in data):
         return [_flatten(row) for row in data] or [{}]
     raise ValueError(
-        f"{path.name} must hold a dict of metrics or a list of row dicts, "
-        f"got {type(data).__name__}"
+        f"{path.name} must hold a dict of metrics or a list of row dicts, got {type(data).__name__}"
     )
 
 
@@ -613,7 +612,7 @@ def sweep(
     }
 
     names = list(grid)
-    points = [dict(zip(names, combo)) for combo in itertools.product(*grid.values())]
+    points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
     width = max(3, len(str(len(points) - 1)))
     param_cols = [*fixed, *names]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -707,9 +706,10 @@ def _cast_cli(raw: str, spec: ParamSpec, nb_path: Path) -> Any:
     type_name = spec.type_name.strip()
     members = _union_members(type_name)
     if members is not None:
-        if raw.strip() in ("None", "null", "~", ""):
-            if any(m.strip() in ("None", "NoneType") for m in members):
-                return None
+        if raw.strip() in ("None", "null", "~", "") and any(
+            m.strip() in ("None", "NoneType") for m in members
+        ):
+            return None
         for m in members:
             if m.strip() in ("None", "NoneType"):
                 continue

@@ -112,9 +112,13 @@ def build_model(
 
 
 def load_local_model(
-    path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, attn_implementation: str = "sdpa"
+    path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, attn_implementation: str = "sdpa",
+    dtype: torch.dtype | str = torch.float32,
 ) -> PreTrainedModel:
-    """Load a causal LM saved with ``save_pretrained`` from a local folder (no network)."""
+    """Load a causal LM saved with ``save_pretrained`` from a local folder (no network).
+
+    ``dtype`` defaults to fp32 (right for CPU work); pass ``"auto"`` to keep the stored dtype.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -122,7 +126,7 @@ def load_local_model(
             "(download the checkpoint yourself, then pass its folder)"
         )
     model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, attn_implementation=attn_implementation, use_safetensors=True
+        path, local_files_only=True, attn_implementation=attn_implementation, use_safetensors=True, dtype=dtype
     )
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))

@@ -97,6 +97,11 @@ class TrainConfig:
     """Show a tqdm progress bar (also off when the environment sets ``TQDM_DISABLE=1`` and on
     processes other than the local main one)."""
 
+    schedule_by_time: bool = False
+    """With ``max_time_s``: the lr decay also advances with elapsed training time, so a
+    time-budgeted run ends on the low lr of a finished schedule whatever the machine's speed.
+    Losses then depend on machine speed (not bit-reproducible across machines)."""
+
     resume: bool = False
     """On the first ``train()`` call, continue from the latest ``checkpoint-*`` in
     ``output_dir`` if there is one (model, optimizer, schedule, RNG and data position)."""

@@ -600,6 +600,10 @@ class Trainer:
             return 1.0
         horizon = max(1, cfg.max_steps - self._sched_offset - warm)
         progress = min(1.0, max(0.0, (sched_step - warm) / horizon))
+        clock = getattr(self, "_clock", None)
+        if cfg.schedule_by_time and cfg.max_time_s and clock is not None:
+            # whichever budget binds first drives the decay (time-budgeted runs end on a low lr)
+            progress = max(progress, min(1.0, clock() / cfg.max_time_s))
         floor = cfg.min_lr_ratio
         if cfg.lr_schedule == "cosine":
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -850,6 +854,8 @@ class Trainer:
         def elapsed() -> float:
             return elapsed0 + (time.perf_counter() - t0)
 
+        self._clock = elapsed  # read by a time-driven schedule (config.schedule_by_time)
+
         self._emit("on_train_begin")
         bar = self._progress_bar()
         micro_loss = torch.zeros((), device=acc.device)
@@ -996,6 +1002,9 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
+        if cfg.schedule_by_time and cfg.max_time_s:  # the time budget is what ends this run
+            return tqdm(total=None, initial=self.step, desc=f"train ({cfg.max_time_s:.0f} s budget)",
+                        dynamic_ncols=True, mininterval=2.0)
         return tqdm(
             total=cfg.max_steps,
             initial=min(self.step, cfg.max_steps),
