@@ -64,7 +64,7 @@ remove_venv = if [ -e "$(VENV)" ]; then \
   rm -rf "$(VENV)"; \
 fi
 
-.PHONY: help env demo test checkpoint benchmarks strip check-notebooks clean distclean FORCE
+.PHONY: help env demo test checkpoint checkpoints benchmarks strip check-notebooks clean distclean FORCE
 
 help:
 	@echo "Targets:"
@@ -116,7 +116,7 @@ FORCE:
 demo: $(STAMP)
 	"$(PY)" -m workbench demo $(DEMO_ARGS)
 
-checkpoint: $(STAMP)
+checkpoint checkpoints: $(STAMP)
 	"$(PY)" -m workbench build-checkpoints $(CHECKPOINT_ARGS)
 
 # Both steps share one TEST_TIMEOUT budget; both run even if the first fails, and the target

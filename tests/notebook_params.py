@@ -20,7 +20,7 @@ SMOKE_PARAMS: dict[str, dict] = {
     "00_quickstart.ipynb": {"cot_minutes": 0.1, "nocot_minutes": 0.05, "train_size": 400, "test_size": 16,
                             "eval_every": 5, "digits": 2},
     "01_coconut.ipynb": {"init_from": "scratch", "cot_minutes": 0.1, "nocot_minutes": 0.05, "steps_per_stage": 3,
-                         "final_stage_steps": 3, "batch_size": 8, "digits": 2, "max_latent_stage": 2,
+                         "final_stage_steps": 3, "batch_size": 8, "digits": 2, "max_latent_stage": 2, "train_size": 400,
                          "test_size": 16},
     "02_latent_sft.ipynb": {"init_from": "scratch", "cot_minutes": 0.1, "nocot_minutes": 0.05, "encoder_steps": 2,
                             "decoder_steps": 2, "union_steps": 2, "stage2_steps": 3, "batch_size": 8,

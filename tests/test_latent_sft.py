@@ -275,7 +275,7 @@ def test_stage2_loss_matches_naive_per_example(tok, sp):
         logq = torch.log_softmax(logits[s - 1 : s - 1 + n], -1).gather(-1, it.ids)
         kls.append(float((it.probs * (it.probs.log() - logq)).sum(-1).mean()))
     ref = ce_num / ce_den + sum(kls) / len(kls)
-    assert abs(float(loss) - ref) < 1e-4
+    assert abs(float(loss.detach()) - ref) < 1e-4
     assert abs(float(m["kl"]) - sum(kls) / len(kls)) < 1e-4
 
 

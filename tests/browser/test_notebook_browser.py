@@ -88,6 +88,9 @@ def lab(tmp_path):
     notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notif.parent.mkdir(parents=True)
     notif.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))  # no "Select Kernel" dialog
     env = dict(os.environ)
     env.update(
         JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
@@ -161,6 +164,29 @@ def _screenshot_path() -> Path:
     return runs_dir() / "browser" / SCREENSHOT_NAME
 
 
+def _keep(path: Path) -> None:
+    """Copy a screenshot to ``$WORKBENCH_KEEP_SCREENSHOTS`` (the session's runs folder is temporary)."""
+    keep = os.environ.get("WORKBENCH_KEEP_SCREENSHOTS")
+    if keep and path.is_file():
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, Path(keep) / path.name)
+
+
+def _wait_for_kernel(page, timeout: float) -> None:
+    """Wait until the status bar reads "<kernel> | Idle"; accept a "Select Kernel" dialog if one opens."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        dialog = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
+        if dialog.count():
+            dialog.first.click()
+        text = " ".join(page.locator(".jp-StatusBar-TextItem").all_inner_texts())
+        if "| Idle" in text and "No Kernel" not in text:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"the kernel did not start within {timeout}s (status bar: {text!r})")
+
+
 def _wait_for_run(page, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     state = {}
@@ -191,8 +217,7 @@ def test_notebook_renders_figures_and_inspector(lab):
         try:
             page.goto(url, wait_until="domcontentloaded", timeout=120_000)
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=180_000)
-            # the kernel is up when the toolbar's kernel indicator reads idle
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
+            _wait_for_kernel(page, SERVER_TIMEOUT)
             for toast in page.locator(".jp-Notification-Toast-Close, .Toastify__close-button").all():
                 toast.click()
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
@@ -240,15 +265,14 @@ def test_notebook_renders_figures_and_inspector(lab):
             inspector.scroll_into_view_if_needed()
             page.screenshot(path=str(shot))
         except Exception:
-            page.screenshot(path=str(shot.with_name("05_latent_trajectories.failure.png")))
+            failure = shot.with_name("05_latent_trajectories.failure.png")
+            page.screenshot(path=str(failure))
+            _keep(failure)
             raise
         finally:
             ctx.close()
     assert shot.stat().st_size > 10_000
-    keep = os.environ.get("WORKBENCH_KEEP_SCREENSHOTS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(shot, Path(keep) / SCREENSHOT_NAME)
+    _keep(shot)
     metrics = json.loads((lab["out_dir"] / "metrics.json").read_text())
     assert metrics["n_examples"] == _smoke_params().get("n_examples", metrics["n_examples"])
     assert (lab["out_dir"] / "latent_trajectories.html").is_file()

@@ -64,6 +64,8 @@ __all__ = [
     "logit_lens",
     "token_strings",
     "COLLAPSE_CRITERIA",
+    "WHITE",
+    "join_tokens",
 ]
 
 COLLAPSE_CRITERIA = ("prob", "argmax", "top_p")
@@ -1071,7 +1073,7 @@ class LatentTrajectory:
                        "top1_token": self.decode([int(top1[b, t])])[0], "top1_prob": float(p1[b, t])}
                 if has_t:
                     tg = self.aligned_targets[b][t]
-                    row.update(targets=_join(self.decode(tg)),
+                    row.update(targets=join_tokens(self.decode(tg)),
                                target_rank=float(t_rank[b, t]), target_prob=float(t_prob[b, t]))
                 if has_a:
                     row.update(answer_prob=float(a_prob[b, t]), collapse_step=int(coll[b]),
@@ -1123,7 +1125,7 @@ class LatentTrajectory:
         return self.top_k(k).figure(example)
 
 
-def _join(tokens: list[str]) -> str:
+def join_tokens(tokens: list[str]) -> str:
     """Token texts as one string: concatenated for single characters, space-separated otherwise."""
     return "".join(tokens) if all(len(t) == 1 for t in tokens) else " ".join(tokens)
 

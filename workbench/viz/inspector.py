@@ -30,13 +30,15 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.lens.trajectory import WHITE, LatentTrajectory
+from workbench.lens.trajectory import WHITE, LatentTrajectory, join_tokens
 
 __all__ = ["LatentInspector", "MethodEntry", "inspector_figures", "run_questions", "LAYER_STATISTICS",
            "figure_widgets_available"]
 
 LAYER_STATISTICS = ("entropy", "top-1 probability", "target probability", "answer probability")
 FIGURE_NAMES = ("topk", "step", "layers", "curve")
+#: Pixel widths: the first two sit side by side and wrap below each other in narrow notebooks.
+FIGURE_WIDTH = {"topk": 580, "step": 560, "layers": 780, "curve": 780}
 _HILITE = dict(type="rect", xref="x", yref="y", line=dict(color="#d62728", width=3), fillcolor="rgba(0,0,0,0)")
 
 
@@ -206,20 +208,23 @@ def inspector_figures(
     figs: dict[str, go.Figure] = {}
     fig = traj.top_k(top_k).figure(example)
     _frame(fig, step, -0.5, top_k - 0.5)
-    fig.update_layout(height=max(300, 60 + 28 * top_k), margin=dict(t=60, b=40, l=50, r=20))
+    fig.update_layout(height=max(300, 60 + 28 * top_k), width=FIGURE_WIDTH["topk"], margin=dict(t=60, b=40, l=50, r=20))
     figs["topk"] = fig
     figs["step"] = _step_bar(traj, example, step, top_k, layer)
+    figs["step"].update_layout(width=FIGURE_WIDTH["step"])
     if traj.layer_log_probs is not None:
         L = traj.num_layers
         lay = L if layer is None else max(0, min(layer, L))
         fig = _layer_stat(traj, layer_statistic).figure(example)
         _frame(fig, step, lay - 0.5, lay + 0.5)
-        fig.update_layout(height=max(280, 60 + 45 * (L + 1)), margin=dict(t=60, b=40, l=60, r=20))
+        fig.update_layout(height=max(280, 60 + 45 * (L + 1)), width=FIGURE_WIDTH["layers"],
+                          margin=dict(t=60, b=40, l=60, r=20))
     else:
         fig = go.Figure()
         fig.update_layout(title="no logit lens (trajectory built with layers=False or without hidden states)")
     figs["layers"] = fig
     figs["curve"] = _curve(traj, example, step)
+    figs["curve"].update_layout(width=FIGURE_WIDTH["curve"])
     return figs
 
 
@@ -544,7 +549,8 @@ class LatentInspector:
         if traj.predictions:
             parts.append(f"prediction <code>{_esc(str(traj.predictions[b]))}</code>")
         if traj.correct is not None:
-            parts.append("✅ correct" if traj.correct[b] else "❌ wrong")
+            parts.append("<span style='color:#2ca02c'>correct</span>" if traj.correct[b]
+                         else "<span style='color:#d62728'>wrong</span>")
         parts.append(f"{int(traj.fed[b].sum())} latents")
         if traj.answer_ids is not None:
             c = int(traj.collapse_step()[b])
@@ -552,7 +558,7 @@ class LatentInspector:
         line2 = [f"read {t} ({traj.step_labels(b)[t]}): top-1 <code>{_esc(traj.decode([traj.topk_ids[b, t, 0]])[0])}"
                  f"</code> p={float(traj.topk_probs[b, t, 0]):.3f}"]
         if traj.aligned_targets is not None and traj.aligned_targets[b][t]:
-            line2.append(f"CoT target <code>{_esc(' '.join(traj.decode(traj.aligned_targets[b][t])))}</code>")
+            line2.append(f"CoT target <code>{_esc(join_tokens(traj.decode(traj.aligned_targets[b][t])))}</code>")
         self.status.value = " · ".join(parts) + "<br>" + " · ".join(line2)
 
     # --- display -------------------------------------------------------------------------------------------
@@ -562,12 +568,11 @@ class LatentInspector:
         if self._widget is None:
             import ipywidgets as W
 
-            half = W.Layout(width="50%")
             boxes = self.figure_boxes
             for name in ("topk", "step"):
-                if hasattr(boxes[name], "layout") and isinstance(boxes[name], W.Output):
-                    boxes[name].layout = half
-            top = W.HBox([W.Box([boxes["topk"]], layout=half), W.Box([boxes["step"]], layout=half)])
+                if isinstance(boxes[name], W.Output):
+                    boxes[name].layout = W.Layout(width=f"{FIGURE_WIDTH[name] + 10}px")
+            top = W.HBox([boxes["topk"], boxes["step"]], layout=W.Layout(flex_flow="row wrap", width="100%"))
             self._widget = W.VBox([
                 W.HBox([self.method_dropdown, self.example_selector]),
                 W.HBox([self.question_box, self.run_button]),
