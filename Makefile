@@ -123,10 +123,10 @@ checkpoint checkpoints: $(STAMP)
 # fails if either did. nbval exits 5 ("no tests") on a folder without notebooks, so that step is
 # skipped when notebooks/ has no .ipynb.
 test: $(STAMP)
-	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc1=0; rc2=0; nbval=ran; \
+	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc1=0; rc2=0; rc3=0; nbval=ran; \
 	echo ">> [test 1/2] unit + papermill notebook tests: pytest -n $(JOBS) tests (budget $(TEST_TIMEOUT)s)"; \
 	$(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 $(TEST_TIMEOUT)) \
-	  "$(PY)" -m pytest -n $(JOBS) tests $(PYTEST_ARGS) || rc1=$$?; \
+	  "$(PY)" -m pytest -n $(JOBS) -m "not browser" tests $(PYTEST_ARGS) || rc1=$$?; \
 	if compgen -G "notebooks/*.ipynb" >/dev/null; then \
 	  left=$$(( deadline - $$(date +%s) )); \
 	  if [ "$$left" -le 60 ]; then \
@@ -141,10 +141,13 @@ test: $(STAMP)
 	else \
 	  echo ">> [test 2/2] notebooks/ has no .ipynb: nbval step skipped"; nbval=skipped; \
 	fi; \
+	echo ">> [test 3/3] browser: notebook 05 in JupyterLab + headless Chromium"; \
+	bash tools/install_browser.sh; \
+	$(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 900) "$(PY)" -m pytest -m browser tests/browser || rc3=$$?; \
 	describe() { case "$$1" in 0) echo passed;; 124|137) echo "TIMED OUT";; *) echo "FAILED (exit $$1)";; esac; }; \
 	if [ "$$nbval" = skipped ]; then r2=skipped; else r2=$$(describe $$rc2); fi; \
-	echo ">> [test] pytest tests: $$(describe $$rc1); nbval notebooks: $$r2"; \
-	[ "$$rc1" -eq 0 ] && [ "$$rc2" -eq 0 ]
+	echo ">> [test] pytest tests: $$(describe $$rc1); nbval notebooks: $$r2; browser: $$(describe $$rc3)"; \
+	[ "$$rc1" -eq 0 ] && [ "$$rc2" -eq 0 ] && [ "$$rc3" -eq 0 ]
 
 benchmarks: $(STAMP)
 	@shopt -s nullglob; failed=(); ran=0; \

@@ -1,4 +1,4 @@
-"""The latent lens: statistics on synthetic distributions, the logit lens on a tiny model, reports."""
+"""The latent lens: statistics on synthetic distributions, the logit lens on a tiny model."""
 
 from __future__ import annotations
 
@@ -45,8 +45,14 @@ def _constructed() -> LatentTrajectory:
         rows.append(r)
     lp = _dist(rows)
     targets = [[[5], [5, 3], [1], []]]
-    return LatentTrajectory(log_probs=lp, aligned_targets=targets, answer_ids=[[3, 1]],
-                            token_text=[f"t{i}" for i in range(V)], questions=["q"], method="m")
+    return LatentTrajectory(
+        log_probs=lp,
+        aligned_targets=targets,
+        answer_ids=[[3, 1]],
+        token_text=[f"t{i}" for i in range(V)],
+        questions=["q"],
+        method="m",
+    )
 
 
 # ----- statistics ---------------------------------------------------------------------------
@@ -60,32 +66,47 @@ def test_uniform_and_one_hot_entropy():
     one_hot[..., 2] = 0.0
     tr = LatentTrajectory(log_probs=one_hot)
     assert np.allclose(tr.entropy().values, 0.0, atol=1e-6)
-    assert (tr.topk_ids[..., 0] == 2).all() and torch.allclose(tr.topk_probs[..., 0], torch.ones(2, 3))
+    assert (tr.topk_ids[..., 0] == 2).all() and torch.allclose(
+        tr.topk_probs[..., 0], torch.ones(2, 3)
+    )
 
 
 def test_single_example_gets_batch_dim_and_shapes_are_checked():
     tr = LatentTrajectory(log_probs=torch.full((4, V), -math.log(V)))
     assert (tr.num_examples, tr.num_steps, tr.vocab_size) == (1, 4, V)
-    assert tr.fed.tolist() == [[True, True, True, False]]  # default: every valid read but the last feeds
+    assert tr.fed.tolist() == [
+        [True, True, True, False]
+    ]  # default: every valid read but the last feeds
     with pytest.raises(ValueError, match="log_probs"):
         LatentTrajectory()
     with pytest.raises(ValueError, match="disagree"):
-        LatentTrajectory(log_probs=torch.zeros(2, 3, V), topk_ids=torch.zeros(2, 4, 2), topk_probs=torch.zeros(2, 4, 2))
+        LatentTrajectory(
+            log_probs=torch.zeros(2, 3, V),
+            topk_ids=torch.zeros(2, 4, 2),
+            topk_probs=torch.zeros(2, 4, 2),
+        )
     with pytest.raises(ValueError, match="aligned_targets"):
         LatentTrajectory(log_probs=torch.zeros(2, 3, V), aligned_targets=[[[1]]])
     with pytest.raises(ValueError, match="steps"):
         LatentTrajectory(log_probs=torch.zeros(1, 2, V), aligned_targets=[[[1], [2], [3]]])
     with pytest.raises(ValueError, match="not valid"):
-        LatentTrajectory(log_probs=torch.zeros(1, 2, V), valid=torch.tensor([[True, False]]),
-                         fed=torch.tensor([[True, True]]))
+        LatentTrajectory(
+            log_probs=torch.zeros(1, 2, V),
+            valid=torch.tensor([[True, False]]),
+            fed=torch.tensor([[True, True]]),
+        )
     with pytest.raises(ValueError, match="weight"):
-        LatentTrajectory(log_probs=torch.zeros(1, 2, V), weight_ids=torch.zeros(1, 2, 3, dtype=torch.long))
+        LatentTrajectory(
+            log_probs=torch.zeros(1, 2, V), weight_ids=torch.zeros(1, 2, 3, dtype=torch.long)
+        )
 
 
 def test_ranks_and_target_probability():
     tr = _constructed()
     rank = tr.target_rank().values[0]  # best rank of the step's targets
-    assert rank[0] == 1  # read 0: token 5 (1.5x the rest) is the argmax; the answer t3 (0.1) is last
+    assert (
+        rank[0] == 1
+    )  # read 0: token 5 (1.5x the rest) is the argmax; the answer t3 (0.1) is last
     assert rank[1] == 1  # read 1: targets {5, 3}, token 3 is the argmax
     assert rank[2] == 3  # token 1 ties with the rest behind 3 and 5 -> rank 3
     assert np.isnan(rank[3])  # final read: no target
@@ -94,7 +115,9 @@ def test_ranks_and_target_probability():
     p = torch.exp(tr.log_probs[0]).double().numpy()
     prob = tr.target_probability().values[0]
     assert prob[0] == pytest.approx(p[0, 5], rel=1e-5)
-    assert prob[1] == pytest.approx(p[1, 5] + p[1, 3], rel=1e-5)  # sum over the step's distinct tokens
+    assert prob[1] == pytest.approx(
+        p[1, 5] + p[1, 3], rel=1e-5
+    )  # sum over the step's distinct tokens
     assert tr.target_probability(reduce="max").values[0, 1] == pytest.approx(p[1, 3], rel=1e-5)
     assert tr.answer_rank().values[0].tolist() == [V, 1, 1, 1]
     with pytest.raises(ValueError, match="reduce"):
@@ -129,13 +152,21 @@ def test_padded_steps_are_nan_and_skipped():
     assert len(tr.summary()) == 5
     assert tr.step_labels(1) == ["z1", "end"]
     assert np.allclose(ent.mean()[:2], math.log(V), atol=1e-5)
+    no_targets = LatentTrajectory(log_probs=lp, valid=valid, aligned_targets=[[[], []], [[], []]])
+    assert np.isnan(no_targets.target_rank().mean()).all()  # nothing to average: NaN, not 0
+    assert len(no_targets.target_rank().figure().data[0].x) == 0
 
 
 def test_topk_only_fallback():
     ids = torch.tensor([[[3, 1, 0], [2, 3, 1]]])
     probs = torch.tensor([[[0.6, 0.3, 0.1], [0.5, 0.4, 0.05]]])
-    tr = LatentTrajectory(topk_ids=ids, topk_probs=probs, entropies=torch.zeros(1, 2), aligned_targets=[[[1], [7]]],
-                          answer_ids=[[3]])
+    tr = LatentTrajectory(
+        topk_ids=ids,
+        topk_probs=probs,
+        entropies=torch.zeros(1, 2),
+        aligned_targets=[[[1], [7]]],
+        answer_ids=[[3]],
+    )
     assert tr.target_rank().values[0, 0] == 2
     assert np.isnan(tr.target_rank().values[0, 1])  # outside the top-k: unknown rank
     assert tr.target_probability().values[0, 0] == pytest.approx(0.3)
@@ -144,7 +175,14 @@ def test_topk_only_fallback():
 
 def test_alignment_helpers():
     tex = TokenizedExample(question=[1], steps=[[10, 11], [12], [13, 14, 15]], answer=[9], sep=[0])
-    assert targets_by_step(tex, 6, 2) == [[10, 11], [10, 11], [12], [12], [13, 14, 15], [13, 14, 15]]
+    assert targets_by_step(tex, 6, 2) == [
+        [10, 11],
+        [10, 11],
+        [12],
+        [12],
+        [13, 14, 15],
+        [13, 14, 15],
+    ]
     assert targets_by_step(tex, 4, 1) == [[10, 11], [12], [13, 14, 15], []]
     assert targets_fixed_rate(tex, 3) == [[10, 11, 0], [12, 0, 13], [14, 15]]
     with pytest.raises(ValueError):
@@ -192,14 +230,24 @@ def test_superposition_figure_and_compare():
         tr.superposition("fed")
     w_ids = torch.tensor([[[3, 5], [3, 5], [3, 1], [0, 0]]])
     w_p = torch.tensor([[[0.7, 0.3], [0.6, 0.4], [0.9, 0.1], [0.0, 0.0]]])
-    tr2 = LatentTrajectory(log_probs=tr.log_probs, weight_ids=w_ids, weight_probs=w_p, token_text=tr.token_text,
-                           questions=["q"], answer_ids=[[3]])
+    tr2 = LatentTrajectory(
+        log_probs=tr.log_probs,
+        weight_ids=w_ids,
+        weight_probs=w_p,
+        token_text=tr.token_text,
+        questions=["q"],
+        answer_ids=[[3]],
+    )
     sup2 = tr2.superposition()
     assert sup2.source == "fed"
     bar = sup2.figure(0, step=1)
     assert len(bar.data) == 1 and list(bar.data[0].y) == pytest.approx([0.6, 0.4])
     stacked = sup2.figure(0)
-    assert len(stacked.data) == 2 and list(stacked.data[0].x) == ["z1", "z2", "z3"]  # fed steps only
+    assert len(stacked.data) == 2 and list(stacked.data[0].x) == [
+        "z1",
+        "z2",
+        "z3",
+    ]  # fed steps only
     cmp = compare_trajectories({"a": tr, "b": tr2}, example=0, statistic="answer_probability")
     assert [t.name for t in cmp.data] == ["a", "b"]
     other = LatentTrajectory(log_probs=tr.log_probs, questions=["different"])
@@ -221,7 +269,9 @@ def _examples():
     from workbench.data.tasks import generate
 
     # 3-digit questions first: evaluate() sorts by question length, so its trace rows are permuted
-    return generate("multiplication", 3, 0, digits_a=3) + generate("multiplication", 2, 1, digits_a=2)
+    return generate("multiplication", 3, 0, digits_a=3) + generate(
+        "multiplication", 2, 1, digits_a=2
+    )
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -230,12 +280,24 @@ def test_logit_lens_matches_manual_norm_and_head(tok, arch):
     from workbench.engine.loop import run_latent
     from workbench.methods.layout import pad_prompts, prompt_ids
 
-    model = build_model(ModelConfig(arch=arch, n_layer=2, d_model=32, n_head=2), tok, seed=1).float().eval()
+    model = (
+        build_model(ModelConfig(arch=arch, n_layer=2, d_model=32, n_head=2), tok, seed=1)
+        .float()
+        .eval()
+    )
     sp = special_ids(tok)
     texs = tokenize_examples(_examples(), tok)
     batch = pad_prompts([prompt_ids(t, sp) for t in texs], sp.pad)
-    out = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, max_latent_steps=3,
-                     record_hidden=True, record_logits=True, max_new_tokens=4)
+    out = run_latent(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        sp,
+        max_latent_steps=3,
+        record_hidden=True,
+        record_logits=True,
+        max_new_tokens=4,
+    )
     trace = out.trace
     tr = LatentTrajectory.from_trace(trace, model, tok, layers=True)
     hs = trace.hidden_states
@@ -247,7 +309,7 @@ def test_logit_lens_matches_manual_norm_and_head(tok, arch):
             h = hs[:, :, layer]
             manual = head(norm(h) if layer < L else h).float().log_softmax(-1)
             assert torch.allclose(tr.layer_log_probs[:, :, layer], manual, atol=1e-5), layer
-        # the last entry is already normed: the lens's final layer is the LM-head read, not norm(norm(h))
+        # the last entry is already normed: the final lens layer is the LM-head read, no 2nd norm
         assert torch.allclose(tr.layer_log_probs[:, :, -1], trace.logits.log_softmax(-1), atol=1e-5)
         twice = head(norm(hs[:, :, -1])).float().log_softmax(-1)
         assert not torch.allclose(tr.layer_log_probs[:, :, -1], twice, atol=1e-4)
@@ -277,12 +339,18 @@ def test_from_eval_reorders_rows_and_keeps_fed_weights(tok):
     assert tr.aligned_targets[0][:3] == [list(s) for s in texs[0].steps]
     assert tr.aligned_targets[0][4] == []  # the final read replaced nothing
     assert tr.answer_ids[3] == texs[3].answer
-    assert tr.weight_ids.shape[-1] == 4 and torch.allclose(tr.weight_probs[tr.fed].sum(-1), torch.ones(1), atol=1e-5)
+    assert tr.weight_ids.shape[-1] == 4 and torch.allclose(
+        tr.weight_probs[tr.fed].sum(-1), torch.ones(1), atol=1e-5
+    )
     assert tr.superposition().source == "fed"
     df = tr.summary()
     assert len(df) == int(tr.valid.sum())
-    assert {"entropy", "top1_token", "target_rank", "target_prob", "collapsed", "correct"} <= set(df.columns)
-    assert df.loc[(df.example == 0) & (df.step == 0), "targets"].item() == tok.decode(texs[0].steps[0])
+    assert {"entropy", "top1_token", "target_rank", "target_prob", "collapsed", "correct"} <= set(
+        df.columns
+    )
+    assert df.loc[(df.example == 0) & (df.step == 0), "targets"].item() == tok.decode(
+        texs[0].steps[0]
+    )
     m = tr.metrics(k=5)
     json.dumps(m)  # JSON-able
     assert len(m["target_rank_by_latent"]) == tr.num_steps and m["n_examples"] == len(ex)
@@ -290,14 +358,22 @@ def test_from_eval_reorders_rows_and_keeps_fed_weights(tok):
     assert sub.questions == [ex[1]["question"], ex[3]["question"]] and sub.example_index == [1, 3]
 
 
-# ----- report --------------------------------------------------------------------------------------
+# ----- report -------------------------------------------------------------------------------------
 
 
 def test_report_inlines_plotly_once(tmp_path):
     tr = _constructed()
-    figs = {"Top-k": tr.top_k(3).figure(0), "Entropy": tr.entropy().figure(0), "Superposition": tr.superposition().figure(0)}
-    path = write_trajectory_report(tmp_path / "sub" / "report.html", figs, title="Test <report>",
-                                   tables={"Summary": tr.summary()})
+    figs = {
+        "Top-k": tr.top_k(3).figure(0),
+        "Entropy": tr.entropy().figure(0),
+        "Superposition": tr.superposition().figure(0),
+    }
+    path = write_trajectory_report(
+        tmp_path / "sub" / "report.html",
+        figs,
+        title="Test <report>",
+        tables={"Summary": tr.summary()},
+    )
     text = path.read_text(encoding="utf-8")
     assert text.count("plotly.js v") == 1  # the bundle's banner: inlined exactly once
     assert text.count("Plotly.newPlot") == 3

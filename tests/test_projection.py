@@ -20,9 +20,15 @@ def _traj(seed: int = 0, method: str = "m", n_latent=(4, 4, 2, 3)) -> LatentTraj
     g = torch.Generator().manual_seed(seed)
     hs = torch.randn(B, S, L + 1, D, generator=g)
     valid = torch.arange(S)[None, :] <= torch.tensor(n_latent)[:, None]
-    return LatentTrajectory(log_probs=torch.randn(B, S, V, generator=g).log_softmax(-1), valid=valid,
-                            hidden_states=hs, embeds=torch.randn(B, S, D, generator=g),
-                            correct=[True, False, True, False], questions=[f"q{i}" for i in range(B)], method=method)
+    return LatentTrajectory(
+        log_probs=torch.randn(B, S, V, generator=g).log_softmax(-1),
+        valid=valid,
+        hidden_states=hs,
+        embeds=torch.randn(B, S, D, generator=g),
+        correct=[True, False, True, False],
+        questions=[f"q{i}" for i in range(B)],
+        method=method,
+    )
 
 
 def test_pca_is_deterministic_with_sign_convention():
@@ -53,7 +59,9 @@ def test_project_trajectory_points_and_figure():
     fig = proj.figure()
     assert len(fig.data) == 2  # one line trace for all paths + one marker trace coloured by step
     lines, points = fig.data
-    assert lines.mode == "lines" and sum(v is None for v in lines.x) == B  # one break per example path
+    assert (
+        lines.mode == "lines" and sum(v is None for v in lines.x) == B
+    )  # one break per example path
     assert list(points.marker.color) == proj.frame["step"].tolist()
     by_correct = proj.figure(color_by="correct")
     assert len(by_correct.data) == 1 + 2
@@ -78,9 +86,18 @@ def test_project_several_methods_and_embeds():
 
 def test_project_trace_directly():
     tr = _traj()
-    trace = Trace(prompt_ids=torch.zeros(B, 2, dtype=torch.long), prompt_mask=torch.ones(B, 2), fed=tr.fed,
-                  embeds=tr.embeds, topk_ids=tr.topk_ids, topk_probs=tr.topk_probs, entropy=tr.entropies,
-                  stop=torch.zeros(B, S, dtype=torch.bool), n_latent=tr.fed.sum(1), hidden_states=tr.hidden_states)
+    trace = Trace(
+        prompt_ids=torch.zeros(B, 2, dtype=torch.long),
+        prompt_mask=torch.ones(B, 2),
+        fed=tr.fed,
+        embeds=tr.embeds,
+        topk_ids=tr.topk_ids,
+        topk_probs=tr.topk_probs,
+        entropy=tr.entropies,
+        stop=torch.zeros(B, S, dtype=torch.bool),
+        n_latent=tr.fed.sum(1),
+        hidden_states=tr.hidden_states,
+    )
     proj = project_latents(trace, layer=1)
     assert len(proj.frame) == int(tr.valid.sum()) and proj.layer == 1
 
@@ -102,7 +119,7 @@ def test_umap_missing_extra_message(monkeypatch):
 
 
 def test_umap_warns_when_few_points(monkeypatch):
-    """A stand-in ``umap`` module checks the wiring (fixed random_state, n_neighbors clipped) without the JIT."""
+    """A stand-in ``umap`` checks the wiring (random_state, n_neighbors clipped) without the JIT."""
     import types
 
     seen = {}

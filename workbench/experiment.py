@@ -393,6 +393,35 @@ def cot_starting_point(data: TaskData, init_from: str = "shipped", *, cot_minute
                           time_budget_s=60 * cot_minutes)
 
 
+def load_or_train(method: str, *, test_size: int = 500, seed: int = 0, train_size: int = 4000,
+                  minutes: float = 2.0) -> TrainedModel:
+    """A model of ``method`` for inspection: the shipped checkpoint if there is one, else a quick one.
+
+    The quick path starts from the CoT starting point (:func:`cot_starting_point`) and trains a
+    short Coconut curriculum or Latent-SFT run; it is meant for looking at trajectories, not for
+    headline numbers (notebooks 01 and 02 train properly).
+    """
+    if (checkpoints_dir() / method / METHOD_FILE).exists():
+        return load_pretrained(method, test_size=test_size, seed=seed)
+    data = prepare_data("multiplication", train_size=train_size, test_size=test_size, seed=seed, digits_a=3)
+    cot = cot_starting_point(data, "shipped", cot_minutes=minutes, seed=seed)
+    if method == "cot":
+        return cot
+    if method == "nocot":
+        return train_baseline(data, "nocot", seed=seed, time_budget_s=60 * minutes)
+    if method == "coconut":
+        cc = CoconutConfig(c_thought=2, steps_per_stage=40, final_stage_steps=80, seed=seed)
+        tc = default_train_config(lr=5e-4, batch_size=32, warmup_steps=20, seed=seed, progress=False)
+        return train_coconut(data, cot, coconut=cc, train_config=tc, seed=seed)
+    if method == "latent_sft":
+        from workbench.methods.latent_sft import LatentSFTConfig
+
+        cfg = LatentSFTConfig(encoder_steps=40, decoder_steps=40, union_steps=40, stage2_steps=120, batch_size=32,
+                              seed=seed)
+        return train_latent_sft(data, cot, config=cfg)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
 def describe(tm: TrainedModel) -> dict[str, Any]:
     """A short JSON-able description (for tables and metrics files)."""
     return {"method": tm.method, "task": tm.task, "params": count_parameters(tm.model),

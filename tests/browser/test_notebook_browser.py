@@ -38,9 +38,17 @@ pytestmark = pytest.mark.browser
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_latent_trajectories.ipynb"
 SCREENSHOT_NAME = "05_latent_trajectories.png"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 SERVER_TIMEOUT = 180
 RUN_TIMEOUT = 900  # the whole notebook (kernel start, imports, tiny models, widgets)
 
@@ -61,7 +69,9 @@ def _free_port() -> int:
 def _smoke_params() -> dict:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_wb_notebook_params", REPO_ROOT / "tests" / "notebook_params.py")
+    spec = importlib.util.spec_from_file_location(
+        "_wb_notebook_params", REPO_ROOT / "tests" / "notebook_params.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return dict(module.SMOKE_PARAMS.get(NOTEBOOK.name, {}))
@@ -69,11 +79,13 @@ def _smoke_params() -> dict:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server over a temporary root holding the prepared notebook: (base url, token, root)."""
+    """A JupyterLab server over a temporary root holding the prepared notebook."""
     chromium = _chromium()
     if chromium is None:
         pytest.skip("chromium is not installed (install it with: bash tools/install_browser.sh)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    pytest.importorskip(
+        "playwright.sync_api", reason="the playwright Python package is not installed"
+    )
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
     import papermill
 
@@ -81,8 +93,15 @@ def lab(tmp_path):
     root.mkdir()
     out_dir = tmp_path / "out"
     params = {**_smoke_params(), "out_dir": str(out_dir)}
-    papermill.execute_notebook(str(NOTEBOOK), str(root / NOTEBOOK.name), parameters=params, prepare_only=True,
-                               kernel_name="python3", progress_bar=False, log_output=False)
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(root / NOTEBOOK.name),
+        parameters=params,
+        prepare_only=True,
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=False,
+    )
 
     settings = tmp_path / "settings"
     notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -93,28 +112,50 @@ def lab(tmp_path):
     tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))  # no "Select Kernel" dialog
     env = dict(os.environ)
     env.update(
-        JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-        JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
-        JUPYTER_PREFER_ENV_PATH="1", JUPYTER_PLATFORM_DIRS="1", TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false",
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+        JUPYTER_PREFER_ENV_PATH="1",
+        JUPYTER_PLATFORM_DIRS="1",
+        TQDM_DISABLE="1",
+        TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         PYTHONWARNINGS="ignore::DeprecationWarning",
     )
     port, token = _free_port(), secrets.token_hex(16)
-    log = open(tmp_path / "jupyterlab.log", "w")
+    log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.open_browser=False",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-         f"--ServerApp.token={token}", "--ServerApp.allow_root=True", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--KernelSpecManager.ensure_native_kernel=True"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.token={token}",
+            "--ServerApp.allow_root=True",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--KernelSpecManager.ensure_native_kernel=True",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_TIMEOUT
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited ({proc.returncode}):\n{(tmp_path / 'jupyterlab.log').read_text()}")
+                raise RuntimeError(
+                    f"jupyter lab exited ({proc.returncode}):\n"
+                    + (tmp_path / "jupyterlab.log").read_text()
+                )
             try:
                 with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as r:
                     if r.status == 200:
@@ -122,11 +163,20 @@ def lab(tmp_path):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"jupyter lab did not answer within {SERVER_TIMEOUT}s:\n"
-                                   f"{(tmp_path / 'jupyterlab.log').read_text()[-3000:]}")
+                raise TimeoutError(
+                    f"jupyter lab did not answer within {SERVER_TIMEOUT}s:\n"
+                    f"{(tmp_path / 'jupyterlab.log').read_text()[-3000:]}"
+                )
             time.sleep(1.0)
-        yield {"base": base, "token": token, "root": root, "out_dir": out_dir, "chromium": chromium,
-               "log": tmp_path / "jupyterlab.log", "tmp": tmp_path}
+        yield {
+            "base": base,
+            "token": token,
+            "root": root,
+            "out_dir": out_dir,
+            "chromium": chromium,
+            "log": tmp_path / "jupyterlab.log",
+            "tmp": tmp_path,
+        }
     finally:
         proc.terminate()
         try:
@@ -139,7 +189,8 @@ def lab(tmp_path):
 
 # Text of every code cell's prompt ("[3]:", "[*]:", "[ ]:") and any traceback in the outputs.
 _CELL_STATE_JS = """() => {
-  const prompts = Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt'))
+  const prompts = Array.from(
+      document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt'))
       .map(p => p.textContent.trim());
   const errors = Array.from(document.querySelectorAll('.jp-Notebook .jp-OutputArea-output'))
       .map(o => o.textContent).filter(t => t.includes('Traceback'))
@@ -165,7 +216,7 @@ def _screenshot_path() -> Path:
 
 
 def _keep(path: Path) -> None:
-    """Copy a screenshot to ``$WORKBENCH_KEEP_SCREENSHOTS`` (the session's runs folder is temporary)."""
+    """Copy a screenshot to ``$WORKBENCH_KEEP_SCREENSHOTS`` (pytest's runs folder is temporary)."""
     keep = os.environ.get("WORKBENCH_KEEP_SCREENSHOTS")
     if keep and path.is_file():
         Path(keep).mkdir(parents=True, exist_ok=True)
@@ -173,7 +224,7 @@ def _keep(path: Path) -> None:
 
 
 def _wait_for_kernel(page, timeout: float) -> None:
-    """Wait until the status bar reads "<kernel> | Idle"; accept a "Select Kernel" dialog if one opens."""
+    """Wait for "<kernel> | Idle" in the status bar; accept a "Select Kernel" dialog if shown."""
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
@@ -209,8 +260,11 @@ def test_notebook_renders_figures_and_inspector(lab):
     url = f"{lab['base']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}"
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(lab["tmp"] / "chromium-profile"), executable_path=lab["chromium"], headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 1200},
+            str(lab["tmp"] / "chromium-profile"),
+            executable_path=lab["chromium"],
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1200},
         )
         page = ctx.pages[0] if ctx.pages else ctx.new_page()
         page.set_default_timeout(60_000)
@@ -218,24 +272,34 @@ def test_notebook_renders_figures_and_inspector(lab):
             page.goto(url, wait_until="domcontentloaded", timeout=120_000)
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=180_000)
             _wait_for_kernel(page, SERVER_TIMEOUT)
-            for toast in page.locator(".jp-Notification-Toast-Close, .Toastify__close-button").all():
+            for toast in page.locator(
+                ".jp-Notification-Toast-Close, .Toastify__close-button"
+            ).all():
                 toast.click()
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
             state = _wait_for_run(page, RUN_TIMEOUT)
-            assert not state["errors"], "a notebook cell failed:\n" + "\n---\n".join(state["errors"])
+            assert not state["errors"], "a notebook cell failed:\n" + "\n---\n".join(
+                state["errors"]
+            )
 
             # figures: the notebook's own (mimetype renderer) and the inspector's four
             inspector = page.locator(".workbench-latent-inspector")
             inspector.wait_for(state="visible", timeout=120_000)
             page.wait_for_function(
                 "() => { const b = document.querySelector('.workbench-latent-inspector');"
-                " return b && b.querySelectorAll('.js-plotly-plot').length >= 4; }", timeout=180_000)
+                " return b && b.querySelectorAll('.js-plotly-plot').length >= 4; }",
+                timeout=180_000,
+            )
             n_plots = page.locator(".js-plotly-plot").count()
-            assert n_plots >= 11, f"expected >= 11 plotly figures (7 notebook + 4 inspector), found {n_plots}"
+            assert n_plots >= 11, (
+                f"expected >= 11 plotly figures (7 notebook + 4 inspector), found {n_plots}"
+            )
             assert page.locator(".jupyter-widgets").count() > 0
-            slider = inspector.locator(".widget-slider", has=page.locator(".widget-label", has_text="step"))
+            slider = inspector.locator(
+                ".widget-slider", has=page.locator(".widget-label", has_text="step")
+            )
             assert slider.count() == 1, "the inspector's step slider did not render"
             readout = slider.locator(".widget-readout")
             assert readout.inner_text().strip() == "0"
@@ -246,20 +310,30 @@ def test_notebook_renders_figures_and_inspector(lab):
             handle.focus()
             page.keyboard.press("ArrowRight")
             page.keyboard.press("ArrowRight")
-            page.wait_for_function("() => { const s = Array.from(document.querySelectorAll("
-                                   "'.workbench-latent-inspector .widget-slider')).find(e => "
-                                   "e.querySelector('.widget-label').textContent.trim() === 'step');"
-                                   " return s && s.querySelector('.widget-readout').textContent.trim() === '2'; }",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "() => { const s = Array.from(document.querySelectorAll("
+                "'.workbench-latent-inspector .widget-slider')).find(e => "
+                "e.querySelector('.widget-label').textContent.trim() === 'step');"
+                " return s && s.querySelector('.widget-readout').textContent.trim() === '2'; }",
+                timeout=30_000,
+            )
+            # the kernel redraws the step's bar chart ("read 2 ...") and moves the other markers
             deadline = time.monotonic() + 90
             after = before
-            while time.monotonic() < deadline and after == before:
-                time.sleep(1.0)
+            while time.monotonic() < deadline:
                 after = page.evaluate(_INSPECTOR_PLOTS_JS)
+                changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+                if len(changed) >= 3 and any('"title":"read 2 ' in a for a in after):
+                    break
+                time.sleep(1.0)
             assert after != before, "moving the step slider did not change the inspector's figures"
-            changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
-            assert len(changed) >= 2, f"only figure(s) {changed} changed"  # the bar and at least one marker
-            assert any('"read 2' in a for a in after), "the step figure does not show read 2"
+            changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+            assert len(changed) >= 3, (
+                f"only figure(s) {changed} changed"
+            )  # bar + markers of heatmaps and curve
+            assert any('"title":"read 2 ' in a for a in after), (
+                f"the step figure does not show read 2: {after}"
+            )
 
             page.wait_for_timeout(1500)  # let plotly finish its transition before the picture
             inspector.scroll_into_view_if_needed()

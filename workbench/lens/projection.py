@@ -30,7 +30,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.engine.trace import Trace
 
-__all__ = ["LatentProjection", "project_latents", "pca", "PROJECTION_METHODS", "COLOR_BY", "UMAP_INSTALL_HINT"]
+__all__ = [
+    "LatentProjection",
+    "project_latents",
+    "pca",
+    "PROJECTION_METHODS",
+    "COLOR_BY",
+    "UMAP_INSTALL_HINT",
+]
 
 PROJECTION_METHODS = ("pca", "umap")
 COLOR_BY = ("step", "correct", "method", "example")
@@ -67,7 +74,9 @@ class LatentProjection:
 
     def __post_init__(self) -> None:
         if self.coords.ndim != 2 or self.coords.shape[0] != len(self.frame):
-            raise ValueError(f"coords {self.coords.shape} must be [N, k] with N = {len(self.frame)} rows")
+            raise ValueError(
+                f"coords {self.coords.shape} must be [N, k] with N = {len(self.frame)} rows"
+            )
         if self.color_by not in COLOR_BY:
             raise ValueError(f"color_by={self.color_by!r}; choose one of {COLOR_BY}")
 
@@ -75,10 +84,14 @@ class LatentProjection:
         """Axis titles (PCA ones carry the explained variance)."""
         if self.method == "pca" and self.explained_variance_ratio is not None:
             ev = self.explained_variance_ratio
-            return tuple(f"PC{i + 1} ({100 * ev[i]:.1f}%)" if i < len(ev) else f"PC{i + 1}" for i in range(2))
+            return tuple(
+                f"PC{i + 1} ({100 * ev[i]:.1f}%)" if i < len(ev) else f"PC{i + 1}" for i in range(2)
+            )
         return (f"{self.method.upper()} 1", f"{self.method.upper()} 2")
 
-    def figure(self, color_by: str | None = None, lines: bool = True, max_lines: int = 500) -> go.Figure:
+    def figure(
+        self, color_by: str | None = None, lines: bool = True, max_lines: int = 500
+    ) -> go.Figure:
         """Scatter of the points coloured by step / correctness / method / example, with paths.
 
         Args:
@@ -107,38 +120,86 @@ class LatentProjection:
                     g = g.sort_values("step")
                     xs += g["x"].tolist() + [None]
                     ys += g["y"].tolist() + [None]
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"paths ({m})" if m else "paths",
-                                         line=dict(color="rgba(120,120,120,0.35)", width=1, dash=dashes[i % 5]),
-                                         hoverinfo="skip", showlegend=len(methods) > 1))
-        hover = ("%{customdata[0]} ex %{customdata[1]} step %{customdata[2]} (%{customdata[3]})"
-                 "<br>top-1 %{customdata[4]}<br>correct %{customdata[5]}<extra></extra>")
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        mode="lines",
+                        name=f"paths ({m})" if m else "paths",
+                        line=dict(color="rgba(120,120,120,0.35)", width=1, dash=dashes[i % 5]),
+                        hoverinfo="skip",
+                        showlegend=len(methods) > 1,
+                    )
+                )
+        hover = (
+            "%{customdata[0]} ex %{customdata[1]} step %{customdata[2]} (%{customdata[3]})"
+            "<br>top-1 %{customdata[4]}<br>correct %{customdata[5]}<extra></extra>"
+        )
 
         def custom(g):
-            return np.stack([g["method"].astype(str), g["example"], g["step"], g["label"],
-                             g["top1_token"].astype(str), g["correct"].astype(str)], axis=-1)
+            return np.stack(
+                [
+                    g["method"].astype(str),
+                    g["example"],
+                    g["step"],
+                    g["label"],
+                    g["top1_token"].astype(str),
+                    g["correct"].astype(str),
+                ],
+                axis=-1,
+            )
 
         if color_by == "step":
-            fig.add_trace(go.Scatter(
-                x=df["x"], y=df["y"], mode="markers", name="latent step", customdata=custom(df),
-                hovertemplate=hover,
-                marker=dict(color=df["step"], colorscale="Viridis", size=7, showscale=True,
-                            colorbar=dict(title=dict(text="step")), line=dict(width=0.5, color="white")),
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=df["x"],
+                    y=df["y"],
+                    mode="markers",
+                    name="latent step",
+                    customdata=custom(df),
+                    hovertemplate=hover,
+                    marker=dict(
+                        color=df["step"],
+                        colorscale="Viridis",
+                        size=7,
+                        showscale=True,
+                        colorbar=dict(title=dict(text="step")),
+                        line=dict(width=0.5, color="white"),
+                    ),
+                )
+            )
         else:
             key = {"correct": "correct", "method": "method", "example": "example"}[color_by]
             for value, g in df.groupby(key, sort=True, dropna=False):
-                fig.add_trace(go.Scatter(x=g["x"], y=g["y"], mode="markers", name=f"{key}={value}",
-                                         customdata=custom(g), hovertemplate=hover,
-                                         marker=dict(size=7, line=dict(width=0.5, color="white"))))
+                fig.add_trace(
+                    go.Scatter(
+                        x=g["x"],
+                        y=g["y"],
+                        mode="markers",
+                        name=f"{key}={value}",
+                        customdata=custom(g),
+                        hovertemplate=hover,
+                        marker=dict(size=7, line=dict(width=0.5, color="white")),
+                    )
+                )
         xt, yt = self.axis_titles()
-        what = "hidden states" + (f" (layer {self.layer})" if self.layer is not None else "") \
-            if self.state == "hidden" else "fed embeddings"
-        fig.update_layout(title=f"{self.method.upper()} of latent {what}, coloured by {color_by}",
-                          xaxis_title=xt, yaxis_title=yt, **WHITE)
+        what = (
+            "hidden states" + (f" (layer {self.layer})" if self.layer is not None else "")
+            if self.state == "hidden"
+            else "fed embeddings"
+        )
+        fig.update_layout(
+            title=f"{self.method.upper()} of latent {what}, coloured by {color_by}",
+            xaxis_title=xt,
+            yaxis_title=yt,
+            **WHITE,
+        )
         return fig
 
 
-def pca(x: torch.Tensor | np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pca(
+    x: torch.Tensor | np.ndarray, n_components: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic PCA: ``(coords [N, k], components [k, d], explained_variance_ratio [k])``.
 
     SVD of the centred data in float64; each component's largest-magnitude loading is made
@@ -158,11 +219,15 @@ def pca(x: torch.Tensor | np.ndarray, n_components: int = 2) -> tuple[np.ndarray
     var = s**2
     ratio = (var[:k] / var.sum()).numpy() if float(var.sum()) > 0 else np.zeros(k)
     if k < n_components:  # fewer points/dims than components: pad with zeros
-        coords = torch.cat([coords, torch.zeros(coords.shape[0], n_components - k, dtype=coords.dtype)], 1)
+        coords = torch.cat(
+            [coords, torch.zeros(coords.shape[0], n_components - k, dtype=coords.dtype)], 1
+        )
     return coords.numpy(), vh.numpy(), ratio
 
 
-def _umap(x: np.ndarray, n_components: int, n_neighbors: int, random_state: int, **kwargs) -> np.ndarray:
+def _umap(
+    x: np.ndarray, n_components: int, n_neighbors: int, random_state: int, **kwargs
+) -> np.ndarray:
     try:
         import umap  # noqa: PLC0415  (lazy: heavy, optional)
     except ImportError as e:
@@ -171,20 +236,31 @@ def _umap(x: np.ndarray, n_components: int, n_neighbors: int, random_state: int,
     if n < 3:
         raise ValueError(f"UMAP needs at least 3 points, got {n}")
     if n <= n_neighbors:
-        warnings.warn(f"UMAP: only {n} points for n_neighbors={n_neighbors}; using n_neighbors={n - 1} "
-                      "(project more examples, or use method='pca')", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"UMAP: only {n} points for n_neighbors={n_neighbors}; using n_neighbors={n - 1} "
+            "(project more examples, or use method='pca')",
+            UserWarning,
+            stacklevel=3,
+        )
         n_neighbors = n - 1
-    reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, random_state=random_state, **kwargs)
+    reducer = umap.UMAP(
+        n_components=n_components, n_neighbors=n_neighbors, random_state=random_state, **kwargs
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
         return np.asarray(reducer.fit_transform(x), dtype=np.float64)
 
 
-def _points_from_trajectory(tr: LatentTrajectory, name: str, state: str, layer: int) -> tuple[np.ndarray, list[dict]]:
+def _points_from_trajectory(
+    tr: LatentTrajectory, name: str, state: str, layer: int
+) -> tuple[np.ndarray, list[dict]]:
     if state == "hidden":
         if tr.hidden_states is None:
-            raise ValueError("state='hidden' needs hidden states: build the trajectory from a trace recorded with "
-                             "record_hidden=True (and keep_hidden=True), or use state='embeds'")
+            raise ValueError(
+                "state='hidden' needs hidden states: build the trajectory from a trace "
+                "recorded with "
+                "record_hidden=True (and keep_hidden=True), or use state='embeds'"
+            )
         vecs = tr.hidden_states[:, :, layer]
         mask = tr.valid
     else:
@@ -195,31 +271,50 @@ def _points_from_trajectory(tr: LatentTrajectory, name: str, state: str, layer: 
     top1 = tr.topk_ids[b_idx, t_idx, 0].tolist()
     top1_text = tr.decode(top1)
     rows = []
-    for i, (b, t) in enumerate(zip(b_idx.tolist(), t_idx.tolist())):
-        rows.append({"method": name, "example": b, "step": t,
-                     "label": f"z{t + 1}" if bool(tr.fed[b, t]) else "end",
-                     "correct": tr.correct[b] if tr.correct is not None else None,
-                     "top1_token": top1_text[i],
-                     "question": tr.questions[b] if tr.questions is not None else None})
+    for i, (b, t) in enumerate(zip(b_idx.tolist(), t_idx.tolist(), strict=True)):
+        rows.append(
+            {
+                "method": name,
+                "example": b,
+                "step": t,
+                "label": f"z{t + 1}" if bool(tr.fed[b, t]) else "end",
+                "correct": tr.correct[b] if tr.correct is not None else None,
+                "top1_token": top1_text[i],
+                "question": tr.questions[b] if tr.questions is not None else None,
+            }
+        )
     return vecs[b_idx, t_idx].double().numpy(), rows
 
 
-def _points_from_trace(trace: Trace, name: str, state: str, layer: int) -> tuple[np.ndarray, list[dict]]:
+def _points_from_trace(
+    trace: Trace, name: str, state: str, layer: int
+) -> tuple[np.ndarray, list[dict]]:
     B, S = trace.fed.shape
     valid = torch.arange(S)[None, :] <= trace.n_latent[:, None]
     if state == "hidden":
         if trace.hidden_states is None:
-            raise ValueError("state='hidden' needs a trace recorded with record_hidden=True; or use state='embeds'")
+            raise ValueError(
+                "state='hidden' needs a trace recorded with record_hidden=True; "
+                "or use state='embeds'"
+            )
         vecs, mask = trace.hidden_states[:, :, layer], valid
     else:
         vecs, mask = trace.embeds, trace.fed & valid
     idx = trace.meta.get("example_index")
     b_idx, t_idx = torch.nonzero(mask, as_tuple=True)
     top1 = trace.topk_ids[b_idx, t_idx, 0].tolist()
-    rows = [{"method": name, "example": int(idx[b]) if idx is not None else b, "step": t,
-             "label": f"z{t + 1}" if bool(trace.fed[b, t]) else "end", "correct": None, "top1_token": str(top1[i]),
-             "question": None}
-            for i, (b, t) in enumerate(zip(b_idx.tolist(), t_idx.tolist()))]
+    rows = [
+        {
+            "method": name,
+            "example": int(idx[b]) if idx is not None else b,
+            "step": t,
+            "label": f"z{t + 1}" if bool(trace.fed[b, t]) else "end",
+            "correct": None,
+            "top1_token": str(top1[i]),
+            "question": None,
+        }
+        for i, (b, t) in enumerate(zip(b_idx.tolist(), t_idx.tolist(), strict=True))
+    ]
     return vecs[b_idx, t_idx].double().numpy(), rows
 
 
@@ -232,8 +327,10 @@ def _sources(source) -> list[tuple[str, Any]]:
         return [(str(k), v) for k, v in source.items()]
     if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
         return [(getattr(s, "method", "") or f"run {i}", s) for i, s in enumerate(source)]
-    raise TypeError(f"project_latents takes a LatentTrajectory, a Trace, a list of them or a dict "
-                    f"{{name: trajectory}}; got {type(source).__name__}")
+    raise TypeError(
+        f"project_latents takes a LatentTrajectory, a Trace, a list of them or a dict "
+        f"{{name: trajectory}}; got {type(source).__name__}"
+    )
 
 
 def project_latents(
@@ -278,10 +375,16 @@ def project_latents(
     if not srcs:
         raise ValueError("project_latents got no trajectories")
     if state == "auto":
-        state = "hidden" if all(getattr(s, "hidden_states", None) is not None for _, s in srcs) else "embeds"
+        state = (
+            "hidden"
+            if all(getattr(s, "hidden_states", None) is not None for _, s in srcs)
+            else "embeds"
+        )
     vecs, rows = [], []
     for name, s in srcs:
-        v, r = (_points_from_trace if isinstance(s, Trace) else _points_from_trajectory)(s, name, state, layer)
+        v, r = (_points_from_trace if isinstance(s, Trace) else _points_from_trajectory)(
+            s, name, state, layer
+        )
         vecs.append(v)
         rows += r
     x = np.concatenate(vecs, 0) if vecs else np.zeros((0, 0))
@@ -301,4 +404,6 @@ def project_latents(
         frame[n] = coords[:, i]
     if "y" not in frame:
         frame["y"] = 0.0
-    return LatentProjection(coords, frame, method, state, layer if state == "hidden" else None, ratio, color_by, meta)
+    return LatentProjection(
+        coords, frame, method, state, layer if state == "hidden" else None, ratio, color_by, meta
+    )

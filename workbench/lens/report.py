@@ -12,7 +12,7 @@ import html
 import os
 import tempfile
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,13 +24,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["write_trajectory_report", "write_figure_html", "resolve_out_dir", "atomic_write_text"]
 
 _CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto;
+       max-width: 1200px;
        color: #222; padding: 0 16px; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 p.meta { color: #666; font-size: 0.9em; margin-top: 0; }
 table.dataframe { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
-table.dataframe th, table.dataframe td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+table.dataframe th, table.dataframe td { border: 1px solid #ddd; padding: 3px 8px;
+       text-align: right; }
 table.dataframe th { background: #f4f4f4; }
 nav a { margin-right: 12px; font-size: 0.9em; }
 """
@@ -60,8 +62,9 @@ def _anchor(name: str, i: int) -> str:
 
 def _table_html(df: pd.DataFrame, max_rows: int) -> str:
     more = len(df) - max_rows
-    body = df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
-                                     escape=True)
+    body = df.head(max_rows).to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, escape=True
+    )
     if more > 0:
         body += f"<p class='meta'>... {more} more rows not shown</p>"
     return body
@@ -95,16 +98,23 @@ def write_trajectory_report(
     sections, nav = [], []
     for i, (name, fig) in enumerate(figures.items()):
         anchor = _anchor(name, i)
-        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{anchor}",
-                          config={"responsive": True, "displaylogo": False})
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=(i == 0),
+            div_id=f"fig-{anchor}",
+            config={"responsive": True, "displaylogo": False},
+        )
         sections.append(f"<section id='{anchor}'><h2>{html.escape(name)}</h2>\n{div}\n</section>")
         nav.append(f"<a href='#{anchor}'>{html.escape(name)}</a>")
     for j, (name, df) in enumerate(tables.items()):
         anchor = _anchor(name, len(sections) + j)
-        sections.append(f"<section id='{anchor}'><h2>{html.escape(name)}</h2>\n{_table_html(df, max_table_rows)}"
-                        "\n</section>")
+        sections.append(
+            f"<section id='{anchor}'><h2>{html.escape(name)}</h2>\n"
+            f"{_table_html(df, max_table_rows)}"
+            "\n</section>"
+        )
         nav.append(f"<a href='#{anchor}'>{html.escape(name)}</a>")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     desc = f"<p>{html.escape(description)}</p>" if description else ""
     doc = (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
@@ -118,13 +128,19 @@ def write_trajectory_report(
 
 def write_figure_html(path: str | Path, figure: go.Figure, title: str | None = None) -> Path:
     """One figure as a standalone offline HTML file (plotly.js inlined), written atomically."""
-    name = title or (figure.layout.title.text if figure.layout.title and figure.layout.title.text else "Figure")
+    name = title or (
+        figure.layout.title.text if figure.layout.title and figure.layout.title.text else "Figure"
+    )
     return write_trajectory_report(path, {name: figure}, title=name)
 
 
 def resolve_out_dir(out_dir: str | Path) -> Path:
-    """Where a notebook writes: absolute paths as given; ``runs/...`` under ``workbench.paths.runs_dir()``
-    (``$WORKBENCH_RUNS_DIR``); other relative paths under the repository root (never the notebook's cwd)."""
+    """Where a notebook writes.
+
+    Absolute paths as given; ``runs/...`` under ``workbench.paths.runs_dir()``
+    (``$WORKBENCH_RUNS_DIR``); other relative paths under the repository root (never the
+    notebook's working directory).
+    """
     from workbench.paths import repo_root, runs_dir
 
     p = Path(out_dir).expanduser()

@@ -76,7 +76,9 @@ _SPACE_MARKS = {" ": "␣", "Ġ": "␣", "▁": "␣", "\n": "↵", "Ċ": "↵",
 # ----- alignment targets ---------------------------------------------------------------------
 
 
-def targets_by_step(tokenized_example: TokenizedExample, n_latent: int, c: int = 1) -> list[list[int]]:
+def targets_by_step(
+    tokenized_example: TokenizedExample, n_latent: int, c: int = 1
+) -> list[list[int]]:
     """Coconut-style alignment: latent ``j`` (0-based) replaced CoT step ``j // c``.
 
     Args:
@@ -116,7 +118,7 @@ def targets_fixed_rate(tokenized_example: TokenizedExample, r: int) -> list[list
 
 
 def final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """The final normalisation layer of an HF causal LM (``ln_f`` for GPT-2, ``norm`` for Llama...)."""
+    """The final norm of an HF causal LM (``ln_f`` for GPT-2, ``norm`` for Llama...)."""
     base = getattr(model, "base_model", model)
     for owner in (base, getattr(base, "decoder", None), model):
         if owner is None:
@@ -126,7 +128,8 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(mod, torch.nn.Module):
                 return mod
     raise TypeError(
-        f"cannot find the final norm of {type(model).__name__} (looked for {', '.join(_NORM_NAMES)}); "
+        f"cannot find the final norm of {type(model).__name__} "
+        f"(looked for {', '.join(_NORM_NAMES)}); "
         "pass final_norm=<module> to LatentTrajectory.from_trace / logit_lens"
     )
 
@@ -210,8 +213,10 @@ class StepStatistic:
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float64)
         if self.values.shape != self.valid.shape or self.fed.shape != self.valid.shape:
-            raise ValueError(f"{self.name}: values {self.values.shape}, valid {self.valid.shape} and fed "
-                             f"{self.fed.shape} must all be [B, S]")
+            raise ValueError(
+                f"{self.name}: values {self.values.shape}, valid {self.valid.shape} and fed "
+                f"{self.fed.shape} must all be [B, S]"
+            )
         self.values = np.where(self.valid, self.values, np.nan)
 
     def example(self, b: int) -> np.ndarray:
@@ -219,9 +224,9 @@ class StepStatistic:
         return self.values[b][self.valid[b]]
 
     def mean(self) -> np.ndarray:
-        """Mean over examples per step (``[S]``, NaN-aware)."""
+        """Mean over examples per step (``[S]``; NaN values are skipped, NaN where none is left)."""
         with np.errstate(all="ignore"):
-            counts = self.valid.sum(0)
+            counts = (~np.isnan(self.values)).sum(0)
             sums = np.nansum(self.values, 0)
             return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
@@ -237,24 +242,43 @@ class StepStatistic:
         if example is not None or self.values.shape[0] == 1:
             b = 0 if example is None else example
             y = self.example(b)
-            fig = go.Figure(go.Scatter(x=list(range(len(y))), y=y, mode="lines+markers", name=self.method or label,
-                                       customdata=_labels(len(y), self.fed[b]),
-                                       hovertemplate="read %{x} (%{customdata})<br>%{y:.4g}<extra></extra>"))
+            fig = go.Figure(
+                go.Scatter(
+                    x=list(range(len(y))),
+                    y=y,
+                    mode="lines+markers",
+                    name=self.method or label,
+                    customdata=_labels(len(y), self.fed[b]),
+                    hovertemplate="read %{x} (%{customdata})<br>%{y:.4g}<extra></extra>",
+                )
+            )
             fig.update_xaxes(tickvals=list(range(len(y))), ticktext=_labels(len(y), self.fed[b]))
             title = f"{label} per latent step, example {b}"
         else:
             m = self.mean()
             with np.errstate(all="ignore"), _quiet():
                 sd = np.nanstd(self.values, 0)
-            n = self.valid.sum(0)
+            n = (~np.isnan(self.values)).sum(0)
             keep = n > 0
             x = np.arange(len(m))[keep]
-            fig = go.Figure(go.Scatter(x=x, y=m[keep], error_y=dict(type="data", array=sd[keep], visible=True),
-                                       mode="lines+markers", name=self.method or label, customdata=n[keep],
-                                       hovertemplate="read %{x}<br>mean %{y:.4g}<br>n=%{customdata}<extra></extra>"))
+            fig = go.Figure(
+                go.Scatter(
+                    x=x,
+                    y=m[keep],
+                    error_y=dict(type="data", array=sd[keep], visible=True),
+                    mode="lines+markers",
+                    name=self.method or label,
+                    customdata=n[keep],
+                    hovertemplate="read %{x}<br>mean %{y:.4g}<br>n=%{customdata}<extra></extra>",
+                )
+            )
             title = f"{label} per latent step (mean ± std over {self.values.shape[0]} examples)"
-        fig.update_layout(title=_title(title, self.method), xaxis_title="latent step (read t feeds z(t+1))",
-                          yaxis_title=label, **WHITE)
+        fig.update_layout(
+            title=_title(title, self.method),
+            xaxis_title="latent step (read t feeds z(t+1))",
+            yaxis_title=label,
+            **WHITE,
+        )
         return fig
 
 
@@ -283,8 +307,11 @@ class LayerStatistic:
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float64)
         if self.values.shape[:2] != self.valid.shape or self.top_tokens.shape != self.values.shape:
-            raise ValueError(f"{self.name}: values {self.values.shape}, top_tokens {self.top_tokens.shape} must be "
-                             f"[B, S, L+1] with [B, S] = {self.valid.shape}")
+            raise ValueError(
+                f"{self.name}: values {self.values.shape}, top_tokens {self.top_tokens.shape} "
+                "must be "
+                f"[B, S, L+1] with [B, S] = {self.valid.shape}"
+            )
         self.values = np.where(self.valid[..., None], self.values, np.nan)
 
     @property
@@ -307,14 +334,25 @@ class LayerStatistic:
         ylabels = ["emb"] + [str(i) for i in range(1, L)] + [f"{L} (final)"] if L >= 1 else ["emb"]
         label = f"{self.name} ({self.units})" if self.units else self.name
         heat = go.Heatmap(
-            z=z, x=labels, y=ylabels, text=text, colorscale="Viridis", colorbar=dict(title=dict(text=label)),
-            hovertemplate="step %{x}<br>layer %{y}<br>" + self.name + " %{z:.4g}<br>top-1 %{text}<extra></extra>",
+            z=z,
+            x=labels,
+            y=ylabels,
+            text=text,
+            colorscale="Viridis",
+            colorbar=dict(title=dict(text=label)),
+            hovertemplate="step %{x}<br>layer %{y}<br>"
+            + self.name
+            + " %{z:.4g}<br>top-1 %{text}<extra></extra>",
         )
         if show_tokens:
             heat.update(texttemplate="%{text}", textfont=dict(size=11))
         fig = go.Figure(heat)
-        fig.update_layout(title=_title(f"Logit lens: {label}, example {example}", self.method),
-                          xaxis_title="latent step", yaxis_title="layer", **WHITE)
+        fig.update_layout(
+            title=_title(f"Logit lens: {label}, example {example}", self.method),
+            xaxis_title="latent step",
+            yaxis_title="layer",
+            **WHITE,
+        )
         return fig
 
 
@@ -344,9 +382,13 @@ class TopKTokens:
 
     def __post_init__(self) -> None:
         if not (self.ids.shape == self.probs.shape == self.text.shape == self.is_target.shape):
-            raise ValueError("TopKTokens: ids, probs, text and is_target must share a [B, S, k] shape")
+            raise ValueError(
+                "TopKTokens: ids, probs, text and is_target must share a [B, S, k] shape"
+            )
         if self.ids.shape[:2] != self.valid.shape:
-            raise ValueError(f"TopKTokens: [B, S] of ids {self.ids.shape[:2]} != valid {self.valid.shape}")
+            raise ValueError(
+                f"TopKTokens: [B, S] of ids {self.ids.shape[:2]} != valid {self.valid.shape}"
+            )
 
     @property
     def k(self) -> int:
@@ -359,9 +401,17 @@ class TopKTokens:
         for b in range(self.ids.shape[0]) if example is None else [example]:
             for t in np.nonzero(self.valid[b])[0]:
                 for r in range(self.k):
-                    rows.append({"example": b, "step": int(t), "rank": r + 1, "token_id": int(self.ids[b, t, r]),
-                                 "token": self.text[b, t, r], "prob": float(self.probs[b, t, r]),
-                                 "is_target": bool(self.is_target[b, t, r])})
+                    rows.append(
+                        {
+                            "example": b,
+                            "step": int(t),
+                            "rank": r + 1,
+                            "token_id": int(self.ids[b, t, r]),
+                            "token": self.text[b, t, r],
+                            "prob": float(self.probs[b, t, r]),
+                            "is_target": bool(self.is_target[b, t, r]),
+                        }
+                    )
         return pd.DataFrame(rows)
 
     def figure(self, example: int = 0, highlight_targets: bool = True) -> go.Figure:
@@ -375,18 +425,35 @@ class TopKTokens:
         text = self.text[example][v].T.astype(object)
         if highlight_targets:
             tgt = self.is_target[example][v].T
-            text = np.where(tgt, np.char.add(np.char.add("<b>", text.astype(str)), "</b>"), text).astype(object)
+            text = np.where(
+                tgt, np.char.add(np.char.add("<b>", text.astype(str)), "</b>"), text
+            ).astype(object)
         n = probs.shape[1]
-        fig = go.Figure(go.Heatmap(
-            z=probs, x=_labels(n, self.fed[example]), y=[f"#{r + 1}" for r in range(self.k)], text=text,
-            texttemplate="%{text}", textfont=dict(size=12), colorscale="Blues", zmin=0.0, zmax=1.0,
-            colorbar=dict(title=dict(text="prob")),
-            hovertemplate="step %{x}<br>rank %{y}<br>token %{text}<br>p = %{z:.4f}<extra></extra>",
-        ))
+        fig = go.Figure(
+            go.Heatmap(
+                z=probs,
+                x=_labels(n, self.fed[example]),
+                y=[f"#{r + 1}" for r in range(self.k)],
+                text=text,
+                texttemplate="%{text}",
+                textfont=dict(size=12),
+                colorscale="Blues",
+                zmin=0.0,
+                zmax=1.0,
+                colorbar=dict(title=dict(text="prob")),
+                hovertemplate="step %{x}<br>rank %{y}<br>token %{text}<br>p = %{z:.4f}"
+                "<extra></extra>",
+            )
+        )
         where = "LM head" if self.layer is None else f"layer {self.layer}"
-        fig.update_layout(title=_title(f"Top-{self.k} tokens per latent step ({where}), example {example}",
-                                       self.method),
-                          xaxis_title="latent step", yaxis_title="rank", **WHITE)
+        fig.update_layout(
+            title=_title(
+                f"Top-{self.k} tokens per latent step ({where}), example {example}", self.method
+            ),
+            xaxis_title="latent step",
+            yaxis_title="rank",
+            **WHITE,
+        )
         fig.update_yaxes(autorange="reversed")
         return fig
 
@@ -416,33 +483,67 @@ class Superposition:
     def figure(self, example: int = 0, step: int | None = None) -> go.Figure:
         """Bars of the weights at ``step``, or stacked bars over all steps (``step=None``)."""
         go = _go()
-        what = "fed superposition" if self.source == "fed" else "LM-head top-k (this rule feeds no superposition)"
+        what = (
+            "fed superposition"
+            if self.source == "fed"
+            else "LM-head top-k (this rule feeds no superposition)"
+        )
         steps = np.nonzero(self.valid[example])[0]
         if step is not None:
             w, tx = self.weights[example, step], self.text[example, step]
-            fig = go.Figure(go.Bar(x=[f"{s} " if s in tx[:i] else s for i, s in enumerate(tx)], y=w, text=list(tx),
-                                   textposition="outside",
-                                   hovertemplate="token %{x}<br>weight %{y:.4f}<extra></extra>"))
-            fig.update_layout(title=_title(f"{what}, example {example}, read {step}", self.method),
-                              xaxis_title="token", yaxis_title="weight", **WHITE)
+            fig = go.Figure(
+                go.Bar(
+                    x=[f"{s} " if s in tx[:i] else s for i, s in enumerate(tx)],
+                    y=w,
+                    text=list(tx),
+                    textposition="outside",
+                    hovertemplate="token %{x}<br>weight %{y:.4f}<extra></extra>",
+                )
+            )
+            fig.update_layout(
+                title=_title(f"{what}, example {example}, read {step}", self.method),
+                xaxis_title="token",
+                yaxis_title="weight",
+                **WHITE,
+            )
             return fig
         labels = _labels(len(self.valid[example]), self.fed[example])
         x = [labels[t] for t in steps]
         fig = go.Figure()
         for r in range(self.ids.shape[2]):
-            fig.add_trace(go.Bar(
-                x=x, y=self.weights[example, steps, r], name=f"#{r + 1}", text=self.text[example, steps, r],
-                textposition="inside", insidetextanchor="middle", showlegend=False,
-                hovertemplate="step %{x}<br>token %{text}<br>weight %{y:.4f}<extra>#" + str(r + 1) + "</extra>",
-            ))
-        fig.update_layout(barmode="stack", title=_title(f"{what} per latent step, example {example}", self.method),
-                          xaxis_title="latent step", yaxis_title="weight", **WHITE)
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=self.weights[example, steps, r],
+                    name=f"#{r + 1}",
+                    text=self.text[example, steps, r],
+                    textposition="inside",
+                    insidetextanchor="middle",
+                    showlegend=False,
+                    hovertemplate="step %{x}<br>token %{text}<br>weight %{y:.4f}<extra>#"
+                    + str(r + 1)
+                    + "</extra>",
+                )
+            )
+        fig.update_layout(
+            barmode="stack",
+            title=_title(f"{what} per latent step, example {example}", self.method),
+            xaxis_title="latent step",
+            yaxis_title="weight",
+            **WHITE,
+        )
         return fig
 
 
-WHITE = {"plot_bgcolor": "white", "paper_bgcolor": "white", "xaxis_gridcolor": "#ebebeb",
-         "yaxis_gridcolor": "#ebebeb", "xaxis_zerolinecolor": "#d9d9d9", "yaxis_zerolinecolor": "#d9d9d9"}
-"""A light white layout (like plotly's ``plotly_white`` template, ~8x cheaper to apply than a template)."""
+WHITE = {
+    "plot_bgcolor": "white",
+    "paper_bgcolor": "white",
+    "xaxis_gridcolor": "#ebebeb",
+    "yaxis_gridcolor": "#ebebeb",
+    "xaxis_zerolinecolor": "#d9d9d9",
+    "yaxis_zerolinecolor": "#d9d9d9",
+}
+"""A light white layout like plotly's ``plotly_white`` template (~8x cheaper to apply)."""
 
 
 def _title(text: str, method: str) -> str:
@@ -474,7 +575,10 @@ def _as_batch(x: torch.Tensor | None, dims: int, name: str) -> torch.Tensor | No
     if x.dim() == dims - 1:
         x = x.unsqueeze(0)
     if x.dim() != dims:
-        raise ValueError(f"LatentTrajectory.{name} must have {dims} dims (batched) or {dims - 1}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"LatentTrajectory.{name} must have {dims} dims (batched) or {dims - 1}, "
+            f"got {tuple(x.shape)}"
+        )
     return x
 
 
@@ -558,27 +662,41 @@ class LatentTrajectory:
                 vals, ids = self.log_probs.topk(min(10, V), -1)
                 self.topk_ids, self.topk_probs = ids, vals.exp()
         elif self.topk_ids is None or self.topk_probs is None:
-            raise ValueError("LatentTrajectory needs log_probs [B, S, V] or topk_ids and topk_probs [B, S, k]")
+            raise ValueError(
+                "LatentTrajectory needs log_probs [B, S, V] or topk_ids and topk_probs [B, S, k]"
+            )
         B, S, k = self.topk_ids.shape
         if self.topk_probs.shape != self.topk_ids.shape:
-            raise ValueError(f"topk_probs {tuple(self.topk_probs.shape)} != topk_ids {tuple(self.topk_ids.shape)}")
+            raise ValueError(
+                f"topk_probs {tuple(self.topk_probs.shape)} != "
+                f"topk_ids {tuple(self.topk_ids.shape)}"
+            )
         if self.log_probs is not None and self.log_probs.shape[:2] != (B, S):
-            raise ValueError(f"log_probs {tuple(self.log_probs.shape)} and topk_ids {tuple(self.topk_ids.shape)} "
-                             "disagree on [B, S]")
+            raise ValueError(
+                f"log_probs {tuple(self.log_probs.shape)} and "
+                f"topk_ids {tuple(self.topk_ids.shape)} "
+                "disagree on [B, S]"
+            )
         self.topk_ids, self.topk_probs = self.topk_ids.long(), self.topk_probs.float()
         self.entropies = _as_batch(self.entropies, 2, "entropies")
         if self.entropies is None:
             if self.log_probs is None:
                 raise ValueError("entropies [B, S] are needed when log_probs is None")
             self.entropies = _entropy(self.log_probs)
-        self.valid = torch.ones(B, S, dtype=torch.bool) if self.valid is None else _as_batch(self.valid, 2, "valid").bool()
+        self.valid = (
+            torch.ones(B, S, dtype=torch.bool)
+            if self.valid is None
+            else _as_batch(self.valid, 2, "valid").bool()
+        )
         if self.fed is None:
             last = self.valid.long().cumsum(1) == self.valid.long().sum(1, keepdim=True)
             self.fed = self.valid & ~last
         self.fed = _as_batch(self.fed, 2, "fed").bool()
         for name in ("entropies", "valid", "fed"):
             if tuple(getattr(self, name).shape) != (B, S):
-                raise ValueError(f"{name} must be [B, S] = {(B, S)}, got {tuple(getattr(self, name).shape)}")
+                raise ValueError(
+                    f"{name} must be [B, S] = {(B, S)}, got {tuple(getattr(self, name).shape)}"
+                )
         if bool((self.fed & ~self.valid).any()):
             raise ValueError("fed marks a step that is not valid")
         self.weight_ids = _as_batch(self.weight_ids, 3, "weight_ids")
@@ -586,40 +704,59 @@ class LatentTrajectory:
         if (self.weight_ids is None) != (self.weight_probs is None):
             raise ValueError("give both weight_ids and weight_probs, or neither")
         if self.weight_ids is not None:
-            if self.weight_ids.shape != self.weight_probs.shape or self.weight_ids.shape[:2] != (B, S):
-                raise ValueError(f"weight_ids/weight_probs must be [B, S, kf] with [B, S] = {(B, S)}, got "
-                                 f"{tuple(self.weight_ids.shape)} and {tuple(self.weight_probs.shape)}")
+            if self.weight_ids.shape != self.weight_probs.shape or self.weight_ids.shape[:2] != (
+                B,
+                S,
+            ):
+                raise ValueError(
+                    f"weight_ids/weight_probs must be [B, S, kf] with [B, S] = {(B, S)}, got "
+                    f"{tuple(self.weight_ids.shape)} and {tuple(self.weight_probs.shape)}"
+                )
             self.weight_ids, self.weight_probs = self.weight_ids.long(), self.weight_probs.float()
         if self.layer_log_probs is not None:
             self.layer_log_probs = self.layer_log_probs.float()
             if self.layer_log_probs.shape[:2] != (B, S) or (
-                    self.log_probs is not None and self.layer_log_probs.shape[-1] != self.log_probs.shape[-1]):
-                raise ValueError(f"layer_log_probs must be [B, S, L+1, V] with [B, S] = {(B, S)}, got "
-                                 f"{tuple(self.layer_log_probs.shape)}")
+                self.log_probs is not None
+                and self.layer_log_probs.shape[-1] != self.log_probs.shape[-1]
+            ):
+                raise ValueError(
+                    f"layer_log_probs must be [B, S, L+1, V] with [B, S] = {(B, S)}, got "
+                    f"{tuple(self.layer_log_probs.shape)}"
+                )
         self.hidden_states = _as_batch(self.hidden_states, 4, "hidden_states")
         if self.hidden_states is not None and self.hidden_states.shape[:2] != (B, S):
-            raise ValueError(f"hidden_states must be [B, S, L+1, d], got {tuple(self.hidden_states.shape)}")
+            raise ValueError(
+                f"hidden_states must be [B, S, L+1, d], got {tuple(self.hidden_states.shape)}"
+            )
         self.embeds = _as_batch(self.embeds, 3, "embeds")
         if self.embeds is not None and self.embeds.shape[:2] != (B, S):
             raise ValueError(f"embeds must be [B, S, d], got {tuple(self.embeds.shape)}")
         if self.aligned_targets is not None:
             if len(self.aligned_targets) != B:
-                raise ValueError(f"aligned_targets has {len(self.aligned_targets)} examples, expected {B}")
+                raise ValueError(
+                    f"aligned_targets has {len(self.aligned_targets)} examples, expected {B}"
+                )
             fixed = []
             for b, per in enumerate(self.aligned_targets):
                 per = [list(map(int, x)) for x in per]
                 if len(per) > S:
-                    raise ValueError(f"aligned_targets[{b}] has {len(per)} steps; the trajectory has {S}")
+                    raise ValueError(
+                        f"aligned_targets[{b}] has {len(per)} steps; the trajectory has {S}"
+                    )
                 fixed.append(per + [[] for _ in range(S - len(per))])
             self.aligned_targets = fixed
         for name in ("answer_ids", "questions", "gold", "predictions", "correct", "example_index"):
             val = getattr(self, name)
             if val is not None:
                 if len(val) != B:
-                    raise ValueError(f"{name} has {len(val)} entries, expected one per example ({B})")
+                    raise ValueError(
+                        f"{name} has {len(val)} entries, expected one per example ({B})"
+                    )
                 setattr(self, name, list(val))
         if self.token_text is not None and len(self.token_text) < self.vocab_size:
-            self.token_text = list(self.token_text) + [f"<{i}>" for i in range(len(self.token_text), self.vocab_size)]
+            self.token_text = list(self.token_text) + [
+                f"<{i}>" for i in range(len(self.token_text), self.vocab_size)
+            ]
 
     # --- shape ----------------------------------------------------------------------------------
     @property
@@ -711,14 +848,20 @@ class LatentTrajectory:
         hs = trace.hidden_states
         if layers:
             if hs is None or model is None:
-                raise ValueError("layers=True needs the hidden states and the model: run the engine with "
-                                 "record_hidden=True (evaluate(..., record_trace=True, record_hidden=True)) and pass "
-                                 "model=, or use layers=False")
+                raise ValueError(
+                    "layers=True needs the hidden states and the model: run the engine with "
+                    "record_hidden=True (evaluate(..., record_trace=True, record_hidden=True)) "
+                    "and pass "
+                    "model=, or use layers=False"
+                )
             V = model.get_output_embeddings().weight.shape[0]
             if B * S * hs.shape[2] * V > max_layer_elements:
-                raise ValueError(f"the logit lens of {B} examples x {S} steps x {hs.shape[2]} layers x {V} tokens "
-                                 f"exceeds max_layer_elements={max_layer_elements}; select fewer examples "
-                                 "(trace.select(...)), raise max_layer_elements, or use layers=False")
+                raise ValueError(
+                    f"the logit lens of {B} examples x {S} steps x {hs.shape[2]} layers x "
+                    f"{V} tokens "
+                    f"exceeds max_layer_elements={max_layer_elements}; select fewer examples "
+                    "(trace.select(...)), raise max_layer_elements, or use layers=False"
+                )
             layer_lp = logit_lens(hs, model, norm=norm)
             log_probs = layer_lp[:, :, -1] if log_probs is None else log_probs
         elif log_probs is None and hs is not None and model is not None:
@@ -727,7 +870,9 @@ class LatentTrajectory:
             _, head = base_and_head(model)
             with torch.no_grad():
                 w = head.weight
-                log_probs = torch.log_softmax(head(hs[:, :, -1].to(w.device, w.dtype)).float(), -1).cpu()
+                log_probs = torch.log_softmax(
+                    head(hs[:, :, -1].to(w.device, w.dtype)).float(), -1
+                ).cpu()
         texs = None
         if examples is not None:
             examples = [dict(e) for e in examples]
@@ -787,8 +932,14 @@ class LatentTrajectory:
         Takes correctness, predictions and the method name from the result.
         """
         if result.trace is None:
-            raise ValueError("the EvalResult has no trace: evaluate(..., record_trace=True, record_hidden=True)")
-        df = result.per_example.sort_values("index") if "index" in result.per_example else result.per_example
+            raise ValueError(
+                "the EvalResult has no trace: evaluate(..., record_trace=True, record_hidden=True)"
+            )
+        df = (
+            result.per_example.sort_values("index")
+            if "index" in result.per_example
+            else result.per_example
+        )
         kwargs.setdefault("correct", df["correct"].tolist())
         kwargs.setdefault("predictions", df["prediction"].astype(str).tolist())
         kwargs.setdefault("method", result.summary.get("method", ""))
@@ -798,20 +949,40 @@ class LatentTrajectory:
         """The trajectory of a subset of examples (int, slice, list or bool mask)."""
         if isinstance(index, int):
             index = [index]
-        rows = list(range(self.num_examples))[index] if isinstance(index, slice) else (
-            torch.nonzero(torch.as_tensor(index)).flatten().tolist()
-            if torch.as_tensor(index).dtype == torch.bool else list(index))
+        rows = (
+            list(range(self.num_examples))[index]
+            if isinstance(index, slice)
+            else (
+                torch.nonzero(torch.as_tensor(index)).flatten().tolist()
+                if torch.as_tensor(index).dtype == torch.bool
+                else list(index)
+            )
+        )
         t = lambda x: None if x is None else x[rows]  # noqa: E731
         lst = lambda x: None if x is None else [x[i] for i in rows]  # noqa: E731
         return LatentTrajectory(
-            log_probs=t(self.log_probs), topk_ids=t(self.topk_ids), topk_probs=t(self.topk_probs),
-            entropies=t(self.entropies), valid=t(self.valid), fed=t(self.fed), weight_ids=t(self.weight_ids),
-            weight_probs=t(self.weight_probs), layer_log_probs=t(self.layer_log_probs),
-            hidden_states=t(self.hidden_states), embeds=t(self.embeds), aligned_targets=lst(self.aligned_targets),
-            answer_ids=lst(self.answer_ids), token_text=self.token_text, questions=lst(self.questions),
-            gold=lst(self.gold), predictions=lst(self.predictions), correct=lst(self.correct),
+            log_probs=t(self.log_probs),
+            topk_ids=t(self.topk_ids),
+            topk_probs=t(self.topk_probs),
+            entropies=t(self.entropies),
+            valid=t(self.valid),
+            fed=t(self.fed),
+            weight_ids=t(self.weight_ids),
+            weight_probs=t(self.weight_probs),
+            layer_log_probs=t(self.layer_log_probs),
+            hidden_states=t(self.hidden_states),
+            embeds=t(self.embeds),
+            aligned_targets=lst(self.aligned_targets),
+            answer_ids=lst(self.answer_ids),
+            token_text=self.token_text,
+            questions=lst(self.questions),
+            gold=lst(self.gold),
+            predictions=lst(self.predictions),
+            correct=lst(self.correct),
             example_index=lst(self.example_index) if self.example_index is not None else rows,
-            method=self.method, feedback=self.feedback, meta=dict(self.meta),
+            method=self.method,
+            feedback=self.feedback,
+            meta=dict(self.meta),
         )
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -830,12 +1001,20 @@ class LatentTrajectory:
         return x.detach().cpu().numpy()
 
     def _step_stat(self, name, values, units="") -> StepStatistic:
-        return StepStatistic(name, self._np(values.double() if torch.is_tensor(values) else torch.as_tensor(values)),
-                             self._np(self.valid), self._np(self.fed), units, self.method)
+        return StepStatistic(
+            name,
+            self._np(values.double() if torch.is_tensor(values) else torch.as_tensor(values)),
+            self._np(self.valid),
+            self._np(self.fed),
+            units,
+            self.method,
+        )
 
     def _need_targets(self) -> list[list[list[int]]]:
         if self.aligned_targets is None:
-            raise ValueError("no alignment targets: build with examples= (and tokenizer=) or aligned_targets=")
+            raise ValueError(
+                "no alignment targets: build with examples= (and tokenizer=) or aligned_targets="
+            )
         return self.aligned_targets
 
     def _need_answer(self) -> list[list[int]]:
@@ -845,8 +1024,11 @@ class LatentTrajectory:
 
     def _need_layers(self) -> torch.Tensor:
         if self.layer_log_probs is None:
-            raise ValueError("no logit lens: build with LatentTrajectory.from_trace(..., layers=True) from a trace "
-                             "recorded with record_hidden=True")
+            raise ValueError(
+                "no logit lens: build with LatentTrajectory.from_trace(..., layers=True) "
+                "from a trace "
+                "recorded with record_hidden=True"
+            )
         return self.layer_log_probs
 
     def _target_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -865,9 +1047,13 @@ class LatentTrajectory:
         return ids, mask
 
     def _token_stats(self, lp: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor):
-        """(probs, ranks) of ``ids`` [B, S, (L+1,) m] under ``lp`` (or the top-k when lp is None)."""
+        """(probs, ranks) of ``ids`` [B, S, (L+1,) m] under ``lp`` (the top-k when lp is None)."""
         if lp is not None:
-            g = ids if ids.dim() == lp.dim() else ids.unsqueeze(2).expand(*lp.shape[:3], ids.shape[-1])
+            g = (
+                ids
+                if ids.dim() == lp.dim()
+                else ids.unsqueeze(2).expand(*lp.shape[:3], ids.shape[-1])
+            )
             probs = lp.gather(-1, g).exp()
             ranks = _rank_of(lp, g).double()
         else:
@@ -888,16 +1074,20 @@ class LatentTrajectory:
         elif reduce == "mean":
             out = torch.where(mask, v, torch.zeros_like(v)).sum(-1) / mask.sum(-1).clamp(min=1)
         elif reduce == "min":
-            out = torch.where(mask & ~torch.isnan(v), v, torch.full_like(v, math.inf)).min(-1).values
+            out = (
+                torch.where(mask & ~torch.isnan(v), v, torch.full_like(v, math.inf)).min(-1).values
+            )
             out = torch.where(torch.isinf(out), torch.full_like(out, math.nan), out)
         elif reduce == "max":
-            out = torch.where(mask & ~torch.isnan(v), v, torch.full_like(v, -math.inf)).max(-1).values
+            out = (
+                torch.where(mask & ~torch.isnan(v), v, torch.full_like(v, -math.inf)).max(-1).values
+            )
             out = torch.where(torch.isinf(out), torch.full_like(out, math.nan), out)
         else:
             raise ValueError(f"reduce={reduce!r} for {kind}; use 'min', 'max', 'mean' or 'sum'")
         return torch.where(any_, out, torch.full_like(out, math.nan))
 
-    # --- statistics (LM-head read) -----------------------------------------------------------------
+    # --- statistics (LM-head read) ----------------------------------------------------------------
     def entropy(self) -> StepStatistic:
         """Entropy (nats) of each step's full distribution."""
         ent = _entropy(self.log_probs) if self.log_probs is not None else self.entropies
@@ -909,10 +1099,7 @@ class LatentTrajectory:
 
     def top_k(self, k: int = 10, layer: int | None = None) -> TopKTokens:
         """Top-``k`` tokens of each step (``layer``: that layer of the logit lens instead)."""
-        if layer is not None:
-            lp = self._need_layers()[:, :, layer]
-        else:
-            lp = self.log_probs
+        lp = self._need_layers()[:, :, layer] if layer is not None else self.log_probs
         if lp is not None:
             k = min(k, lp.shape[-1])
             vals, ids = lp.topk(k, -1)
@@ -925,25 +1112,40 @@ class LatentTrajectory:
             tid, tmask = self._target_matrix()
             is_t = ((ids.unsqueeze(-1) == tid.unsqueeze(-2)) & tmask.unsqueeze(-2)).any(-1)
         text = np.array(self.decode(ids.flatten().tolist()), dtype=object).reshape(tuple(ids.shape))
-        return TopKTokens(self._np(ids), self._np(probs), text, self._np(is_t), self._np(self.valid),
-                          self._np(self.fed), layer, self.method)
+        return TopKTokens(
+            self._np(ids),
+            self._np(probs),
+            text,
+            self._np(is_t),
+            self._np(self.valid),
+            self._np(self.fed),
+            layer,
+            self.method,
+        )
 
     def target_probability(self, reduce: str = "sum") -> StepStatistic:
-        """Probability of the aligned CoT tokens (``sum`` over the step's distinct tokens by default)."""
+        """Probability of the aligned CoT tokens (default: summed over the distinct tokens)."""
         ids, mask = self._target_matrix()
         probs, _, m = self._token_stats(self.log_probs, ids, mask)
-        return self._step_stat(f"target probability ({reduce})", self._reduce(probs, m, reduce, "target_probability"))
+        return self._step_stat(
+            f"target probability ({reduce})", self._reduce(probs, m, reduce, "target_probability")
+        )
 
     def target_rank(self, reduce: str = "min") -> StepStatistic:
         """1-based rank of the aligned CoT tokens (best rank over the step's tokens by default)."""
         ids, mask = self._target_matrix()
         _, ranks, m = self._token_stats(self.log_probs, ids, mask)
-        return self._step_stat(f"target rank ({reduce})", self._reduce(ranks, m, reduce, "target_rank"))
+        return self._step_stat(
+            f"target rank ({reduce})", self._reduce(ranks, m, reduce, "target_rank")
+        )
 
     def _answer_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         ans = self._need_answer()
-        ids = torch.tensor([a[0] if a else 0 for a in ans], dtype=torch.long)[:, None, None].expand(
-            self.num_examples, self.num_steps, 1).clone()
+        ids = (
+            torch.tensor([a[0] if a else 0 for a in ans], dtype=torch.long)[:, None, None]
+            .expand(self.num_examples, self.num_steps, 1)
+            .clone()
+        )
         mask = torch.tensor([bool(a) for a in ans])[:, None, None].expand_as(ids).clone()
         return ids, mask
 
@@ -959,8 +1161,12 @@ class LatentTrajectory:
         _, ranks, m = self._token_stats(self.log_probs, ids, mask)
         return self._step_stat("answer-token rank", self._reduce(ranks, m, "min", "answer"))
 
-    def collapse_step(self, threshold: float = 0.5, criterion: str = "prob", top_p: float = 0.9) -> torch.Tensor:
-        """First valid read whose distribution collapsed onto the first answer token (``[B]``, -1: never).
+    def collapse_step(
+        self, threshold: float = 0.5, criterion: str = "prob", top_p: float = 0.9
+    ) -> torch.Tensor:
+        """First valid read whose distribution collapsed onto the first answer token.
+
+        Returns a ``[B]`` tensor (-1: never).
 
         See the module docstring for the criteria ``"prob"`` (``p >= threshold``), ``"argmax"``
         and ``"top_p"`` (the token is inside the nucleus of mass ``top_p``).
@@ -979,7 +1185,7 @@ class LatentTrajectory:
                 sp = self.log_probs.exp().sort(-1, descending=True).values
             else:
                 sp = self.topk_probs.sort(-1, descending=True).values
-            before = (sp.cumsum(-1) - sp)  # mass strictly above each rank
+            before = sp.cumsum(-1) - sp  # mass strictly above each rank
             r = rank.nan_to_num(float(sp.shape[-1] + 1)).long().clamp(1, sp.shape[-1]) - 1
             mass_above = before.gather(-1, r[..., None])[..., 0]
             hit = (mass_above < top_p) & ~torch.isnan(rank)
@@ -987,22 +1193,31 @@ class LatentTrajectory:
         first = torch.where(hit.any(1), hit.float().argmax(1), torch.full((self.num_examples,), -1))
         return first.long()
 
-    def collapsed(self, threshold: float = 0.5, criterion: str = "prob", top_p: float = 0.9) -> StepStatistic:
+    def collapsed(
+        self, threshold: float = 0.5, criterion: str = "prob", top_p: float = 0.9
+    ) -> StepStatistic:
         """1 from the collapse step on, 0 before (NaN on padded steps)."""
         c = self.collapse_step(threshold, criterion, top_p)
         t = torch.arange(self.num_steps)[None, :]
         val = ((c[:, None] >= 0) & (t >= c[:, None])).double()
         return self._step_stat("collapsed", val)
 
-    # --- statistics (logit lens) ---------------------------------------------------------------------
+    # --- statistics (logit lens) ------------------------------------------------------------------
     def _layer_top_tokens(self) -> np.ndarray:
         lp = self._need_layers()
         top = lp.argmax(-1)
         return np.array(self.decode(top.flatten().tolist()), dtype=object).reshape(tuple(top.shape))
 
     def _layer_stat(self, name, values, units="") -> LayerStatistic:
-        return LayerStatistic(name, self._np(values.double()), self._layer_top_tokens(), self._np(self.valid),
-                              self._np(self.fed), units, self.method)
+        return LayerStatistic(
+            name,
+            self._np(values.double()),
+            self._layer_top_tokens(),
+            self._np(self.valid),
+            self._np(self.fed),
+            units,
+            self.method,
+        )
 
     def layer_entropy(self) -> LayerStatistic:
         """Entropy (nats) of every layer's logit-lens distribution ``[B, S, L+1]``."""
@@ -1016,7 +1231,9 @@ class LatentTrajectory:
         """Aligned-target probability per layer (see :meth:`target_probability`)."""
         ids, mask = self._target_matrix()
         probs, _, m = self._token_stats(self._need_layers(), ids, mask)
-        return self._layer_stat(f"target probability ({reduce})", self._reduce(probs, m, reduce, "target"))
+        return self._layer_stat(
+            f"target probability ({reduce})", self._reduce(probs, m, reduce, "target")
+        )
 
     def layer_target_rank(self, reduce: str = "min") -> LayerStatistic:
         """Aligned-target rank per layer (see :meth:`target_rank`)."""
@@ -1030,7 +1247,7 @@ class LatentTrajectory:
         probs, _, m = self._token_stats(self._need_layers(), ids, mask)
         return self._layer_stat("answer-token probability", self._reduce(probs, m, "sum", "answer"))
 
-    # --- superposition -----------------------------------------------------------------------------------
+    # --- superposition ----------------------------------------------------------------------------
     def superposition(self, source: str = "auto", k: int = 10) -> Superposition:
         """Token weights per step.
 
@@ -1042,17 +1259,26 @@ class LatentTrajectory:
         if source not in ("auto", "fed", "read"):
             raise ValueError(f"source={source!r}; use 'auto', 'fed' or 'read'")
         if source == "fed" and self.weight_ids is None:
-            raise ValueError(f"the feedback rule ({self.feedback or 'unknown'}) fed no superposition weights; "
-                             "use source='read' for the LM-head top-k")
+            raise ValueError(
+                f"the feedback rule ({self.feedback or 'unknown'}) fed no superposition weights; "
+                "use source='read' for the LM-head top-k"
+            )
         if source != "read" and self.weight_ids is not None:
             ids, w, valid, src = self.weight_ids, self.weight_probs, self.fed, "fed"
         else:
             top = self.top_k(k)
-            ids, w, valid, src = torch.as_tensor(top.ids), torch.as_tensor(top.probs), self.valid, "read"
+            ids, w, valid, src = (
+                torch.as_tensor(top.ids),
+                torch.as_tensor(top.probs),
+                self.valid,
+                "read",
+            )
         text = np.array(self.decode(ids.flatten().tolist()), dtype=object).reshape(tuple(ids.shape))
-        return Superposition(self._np(ids), self._np(w), text, self._np(valid), self._np(self.fed), src, self.method)
+        return Superposition(
+            self._np(ids), self._np(w), text, self._np(valid), self._np(self.fed), src, self.method
+        )
 
-    # --- tables --------------------------------------------------------------------------------------------
+    # --- tables -----------------------------------------------------------------------------------
     def summary(self, threshold: float = 0.5, criterion: str = "prob") -> pd.DataFrame:
         """One row per example and valid step: entropy, top-1 token, target rank/prob, collapse."""
         ent = self.entropy().values
@@ -1068,28 +1294,48 @@ class LatentTrajectory:
         for b in range(self.num_examples):
             labels = self.step_labels(b)
             for t in range(self.steps_of(b)):
-                row = {"method": self.method, "example": b, "step": t, "label": labels[t],
-                       "fed": bool(self.fed[b, t]), "entropy": float(ent[b, t]), "top1_id": int(top1[b, t]),
-                       "top1_token": self.decode([int(top1[b, t])])[0], "top1_prob": float(p1[b, t])}
+                row = {
+                    "method": self.method,
+                    "example": b,
+                    "step": t,
+                    "label": labels[t],
+                    "fed": bool(self.fed[b, t]),
+                    "entropy": float(ent[b, t]),
+                    "top1_id": int(top1[b, t]),
+                    "top1_token": self.decode([int(top1[b, t])])[0],
+                    "top1_prob": float(p1[b, t]),
+                }
                 if has_t:
                     tg = self.aligned_targets[b][t]
-                    row.update(targets=join_tokens(self.decode(tg)),
-                               target_rank=float(t_rank[b, t]), target_prob=float(t_prob[b, t]))
+                    row.update(
+                        targets=join_tokens(self.decode(tg)),
+                        target_rank=float(t_rank[b, t]),
+                        target_prob=float(t_prob[b, t]),
+                    )
                 if has_a:
-                    row.update(answer_prob=float(a_prob[b, t]), collapse_step=int(coll[b]),
-                               collapsed=bool(coll[b] >= 0 and t >= coll[b]))
+                    row.update(
+                        answer_prob=float(a_prob[b, t]),
+                        collapse_step=int(coll[b]),
+                        collapsed=bool(coll[b] >= 0 and t >= coll[b]),
+                    )
                 if self.correct is not None:
                     row["correct"] = self.correct[b]
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def metrics(self, k: int = 10, threshold: float = 0.5, criterion: str = "prob") -> dict[str, Any]:
+    def metrics(
+        self, k: int = 10, threshold: float = 0.5, criterion: str = "prob"
+    ) -> dict[str, Any]:
         """JSON-able aggregate numbers (per-latent means are lists indexed by read ``t``)."""
+
         def lst(a):
             return [None if not np.isfinite(x) else float(x) for x in a]
 
-        out: dict[str, Any] = {"method": self.method, "n_examples": self.num_examples,
-                               "mean_latent_steps": float(self.fed.sum(1).double().mean())}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "n_examples": self.num_examples,
+            "mean_latent_steps": float(self.fed.sum(1).double().mean()),
+        }
         ent = self.entropy()
         out["entropy_by_step"] = lst(ent.mean())
         if self.correct is not None:
@@ -1105,21 +1351,35 @@ class LatentTrajectory:
                 out["target_rank_by_latent"] = lst(np.nanmean(r, 0))
                 out["target_prob_by_latent"] = lst(np.nanmean(p, 0))
                 out[f"target_in_top{k}_by_latent"] = lst(
-                    [np.mean(r[has[:, t], t] <= k) if has[:, t].any() else np.nan for t in range(r.shape[1])])
+                    [
+                        np.mean(r[has[:, t], t] <= k) if has[:, t].any() else np.nan
+                        for t in range(r.shape[1])
+                    ]
+                )
                 out["mean_target_rank"] = float(np.nanmean(r)) if np.isfinite(r).any() else None
                 out["median_target_rank"] = float(np.nanmedian(r)) if np.isfinite(r).any() else None
                 out["mean_target_prob"] = float(np.nanmean(p)) if has.any() else None
-                out[f"target_in_top{k}"] = float(np.mean(r[has & ~np.isnan(r)] <= k)) if has.any() else None
+                out[f"target_in_top{k}"] = (
+                    float(np.mean(r[has & ~np.isnan(r)] <= k)) if has.any() else None
+                )
         if self.answer_ids is not None:
             c = self.collapse_step(threshold, criterion).numpy()
-            out["collapse_criterion"] = f"{criterion}>={threshold}" if criterion == "prob" else criterion
+            out["collapse_criterion"] = (
+                f"{criterion}>={threshold}" if criterion == "prob" else criterion
+            )
             out["collapse_rate"] = float(np.mean(c >= 0))
             out["mean_collapse_step"] = float(c[c >= 0].mean()) if (c >= 0).any() else None
-            out["answer_prob_final_read"] = float(np.mean(
-                [self.answer_probability().values[b, self.steps_of(b) - 1] for b in range(self.num_examples)]))
+            out["answer_prob_final_read"] = float(
+                np.mean(
+                    [
+                        self.answer_probability().values[b, self.steps_of(b) - 1]
+                        for b in range(self.num_examples)
+                    ]
+                )
+            )
         return out
 
-    # --- figures ------------------------------------------------------------------------------------------
+    # --- figures ----------------------------------------------------------------------------------
     def figure(self, example: int = 0, k: int = 10) -> go.Figure:
         """The default view: step x top-k token heatmap of one example."""
         return self.top_k(k).figure(example)
@@ -1153,7 +1413,9 @@ _COMPARABLE = {
 
 
 def compare_trajectories(
-    trajectories: Mapping[str, LatentTrajectory], example: int = 0, statistic: str = "entropy",
+    trajectories: Mapping[str, LatentTrajectory],
+    example: int = 0,
+    statistic: str = "entropy",
 ) -> go.Figure:
     """Overlay one statistic of several methods on the same example (one line per method).
 
@@ -1178,12 +1440,25 @@ def compare_trajectories(
         name = stat.name
         y = stat.example(example)
         labels = tr.step_labels(example)
-        fig.add_trace(go.Scatter(x=list(range(len(y))), y=y, mode="lines+markers", name=method, customdata=labels,
-                                 hovertemplate=method + "<br>read %{x} (%{customdata})<br>%{y:.4g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(len(y))),
+                y=y,
+                mode="lines+markers",
+                name=method,
+                customdata=labels,
+                hovertemplate=method + "<br>read %{x} (%{customdata})<br>%{y:.4g}<extra></extra>",
+            )
+        )
     q = next(iter(qs.values()), None)
     title = f"{name} per latent step, example {example}" + (f": {q}" if q else "")
-    fig.update_layout(title=title, xaxis_title="latent step (read t feeds z(t+1))", yaxis_title=name,
-                      **WHITE, legend_title_text="method")
+    fig.update_layout(
+        title=title,
+        xaxis_title="latent step (read t feeds z(t+1))",
+        yaxis_title=name,
+        **WHITE,
+        legend_title_text="method",
+    )
     if statistic.endswith("rank"):
         fig.update_yaxes(type="log")
     return fig
