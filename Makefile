@@ -124,22 +124,22 @@ checkpoint checkpoints: $(STAMP)
 # skipped when notebooks/ has no .ipynb.
 test: $(STAMP)
 	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc1=0; rc2=0; rc3=0; nbval=ran; \
-	echo ">> [test 1/2] unit + papermill notebook tests: pytest -n $(JOBS) tests (budget $(TEST_TIMEOUT)s)"; \
+	echo ">> [test 1/3] unit + papermill notebook tests: pytest -n $(JOBS) tests (budget $(TEST_TIMEOUT)s)"; \
 	$(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 $(TEST_TIMEOUT)) \
 	  "$(PY)" -m pytest -n $(JOBS) -m "not browser" tests $(PYTEST_ARGS) || rc1=$$?; \
 	if compgen -G "notebooks/*.ipynb" >/dev/null; then \
 	  left=$$(( deadline - $$(date +%s) )); \
 	  if [ "$$left" -le 60 ]; then \
-	    echo "!! [test 2/2] no time left for nbval ($$left s of $(TEST_TIMEOUT) s)"; rc2=124; \
+	    echo "!! [test 2/3] no time left for nbval ($$left s of $(TEST_TIMEOUT) s)"; rc2=124; \
 	  else \
-	    echo ">> [test 2/2] nbval: every notebooks/*.ipynb runs top to bottom (budget $${left}s)"; \
+	    echo ">> [test 2/3] nbval: every notebooks/*.ipynb runs top to bottom (budget $${left}s)"; \
 	    $(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 $$left) \
 	      "$(PY)" -m pytest -p no:python --nbval-lax --nbval-current-env \
 	        --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) -n $(JOBS) --dist loadscope \
 	        notebooks/ $(NBVAL_ARGS) || rc2=$$?; \
 	  fi; \
 	else \
-	  echo ">> [test 2/2] notebooks/ has no .ipynb: nbval step skipped"; nbval=skipped; \
+	  echo ">> [test 2/3] notebooks/ has no .ipynb: nbval step skipped"; nbval=skipped; \
 	fi; \
 	echo ">> [test 3/3] browser: notebook 05 in JupyterLab + headless Chromium"; \
 	bash tools/install_browser.sh; \

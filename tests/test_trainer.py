@@ -531,3 +531,24 @@ def test_schedule_by_time_decays_with_the_clock():
     lrs = trainer.log_history.values("lr")
     assert 1 < trainer.step < 10**9  # stopped by the clock, not by steps
     assert lrs[0] > 0.5e-3 and lrs[-1] < 0.3e-3  # decayed towards min_lr_ratio * lr as time ran out
+
+
+def test_trains_when_gradients_were_switched_off_globally():
+    """Notebooks often call torch.set_grad_enabled(False); training must still work."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from workbench.train import Trainer, TrainConfig
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    data = [torch.randint(0, 20, (8,)) for _ in range(4)]
+    before = [p.clone() for p in model.parameters()]
+    torch.set_grad_enabled(False)
+    try:
+        trainer = Trainer(model, data, lambda xs: {"input_ids": torch.stack(xs), "labels": torch.stack(xs)},
+                          TrainConfig(max_steps=2, batch_size=2, progress=False))
+        trainer.train()
+        assert not torch.is_grad_enabled()  # the caller's setting is restored
+    finally:
+        torch.set_grad_enabled(True)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

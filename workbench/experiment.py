@@ -393,7 +393,7 @@ def cot_starting_point(data: TaskData, init_from: str = "shipped", *, cot_minute
                           time_budget_s=60 * cot_minutes)
 
 
-def load_or_train(method: str, *, test_size: int = 500, seed: int = 0, train_size: int = 4000,
+def load_or_train(method: str, *, test_size: int = 500, seed: int = 0, train_size: int = 1000,
                   minutes: float = 2.0) -> TrainedModel:
     """A model of ``method`` for inspection: the shipped checkpoint if there is one, else a quick one.
 
@@ -410,13 +410,13 @@ def load_or_train(method: str, *, test_size: int = 500, seed: int = 0, train_siz
     if method == "nocot":
         return train_baseline(data, "nocot", seed=seed, time_budget_s=60 * minutes)
     if method == "coconut":
-        cc = CoconutConfig(c_thought=2, steps_per_stage=40, final_stage_steps=80, seed=seed)
-        tc = default_train_config(lr=5e-4, batch_size=32, warmup_steps=20, seed=seed, progress=False)
+        cc = CoconutConfig(c_thought=2, steps_per_stage=10, final_stage_steps=20, seed=seed)
+        tc = default_train_config(lr=5e-4, batch_size=16, warmup_steps=5, seed=seed, progress=False)
         return train_coconut(data, cot, coconut=cc, train_config=tc, seed=seed)
     if method == "latent_sft":
         from workbench.methods.latent_sft import LatentSFTConfig
 
-        cfg = LatentSFTConfig(encoder_steps=40, decoder_steps=40, union_steps=40, stage2_steps=120, batch_size=32,
+        cfg = LatentSFTConfig(encoder_steps=10, decoder_steps=10, union_steps=10, stage2_steps=30, batch_size=16,
                               seed=seed)
         return train_latent_sft(data, cot, config=cfg)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")

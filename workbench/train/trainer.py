@@ -821,6 +821,7 @@ class Trainer:
             return loader
         return self._train_loader
 
+    @torch.enable_grad()  # a notebook may have switched gradients off globally
     def train(self) -> LogHistory:
         """Train until ``config.max_steps`` optimizer steps, ``max_time_s`` or ``should_stop``.
 
