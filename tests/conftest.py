@@ -62,3 +62,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def repo_root() -> Path:
     """The repository root (the folder holding pyproject.toml)."""
     return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation cost (and thrash a busy 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    """No progress bars and no transformers chatter in the test output."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()

@@ -26,13 +26,7 @@ from workbench.methods.latent_sft import LatentSFTConfig, cot_segments, latent_s
 from workbench.methods.layout import TokenizedExample, tokenize_examples
 from workbench.models.build import ModelConfig, build_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEX = TokenizedExample(question=[40], steps=[[10, 11, 12], [13, 14]], answer=[60], sep=[7])

@@ -39,21 +39,7 @@ from workbench.methods.layout import IGNORE, TokenizedExample, tokenize_examples
 from workbench.methods.masks import LATENT, PREFIX, TAIL, TEXT
 from workbench.models.build import ModelConfig, build_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet")
 
 
 @pytest.fixture(scope="module")

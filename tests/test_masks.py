@@ -22,16 +22,10 @@ from workbench.methods.masks import (
     supervision_mask,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C = 9  # compress token id in the hand-made encoder example
 VOCAB = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def encoder_example():

@@ -23,24 +23,9 @@ from workbench.train import (
     latest_checkpoint,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet")
+
 VOCAB = 50
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: intra-op threads only add synchronisation cost (and thrash a busy 2-core box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
 
 
 def tiny_gpt2(seed: int = 0, n_embd: int = 32, dropout: float = 0.1) -> GPT2LMHeadModel:
