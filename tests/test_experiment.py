@@ -74,3 +74,21 @@ def test_cli_unknown_keys_are_named(tmp_path, capsys):
     cfg.write_text("modle: {}\n")
     assert cli_main(["data", "--config", str(cfg)]) == 2
     assert "modle" in capsys.readouterr().err
+
+
+def test_build_checkpoints_saves_loadable_fp16_models(tmp_path, monkeypatch):
+    """`make checkpoints` path: a (tiny) CoT model saved in fp16, loadable, with its test accuracy."""
+    import workbench.checkpoints as ck
+
+    monkeypatch.setattr(ck, "TRAIN_SIZE", 200)
+    with pytest.raises(ValueError, match="not shipped"):
+        ck.build_checkpoints(tmp_path, methods=("nocot",))
+    out = ck.build_checkpoints(tmp_path, methods=("cot",), cot_minutes=0.02, d_model=16, test_size=8)
+    assert set(out) == {"cot"} and 0.0 <= out["cot"]["accuracy"] <= 1.0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "cot" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    tm = TrainedModel.load(tmp_path / "cot")
+    assert tm.meta["test_accuracy"] == out["cot"]["accuracy"] and tm.meta["data"]["train_size"] == 200
+    assert next(tm.model.parameters()).dtype == torch.float32

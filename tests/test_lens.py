@@ -386,3 +386,26 @@ def test_resolve_out_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(tmp_path))
     assert resolve_out_dir("runs/05_x") == tmp_path / "05_x"
     assert resolve_out_dir(tmp_path / "abs") == tmp_path / "abs"
+
+
+def test_standard_report_has_every_view_for_two_methods(tok, tmp_path):
+    """The report the notebook and the demo write: all views, both methods in the overlay."""
+    from workbench.lens.views import trajectory_figures, write_standard_report
+
+    ex = _examples()
+    model = build_model(ModelConfig(n_layer=2, d_model=32, n_head=2), tok, seed=2).float()
+    trajs = {}
+    for name, spec in {"sft": LatentSpec(make_feedback("superposition", top_k=4), None, 4),
+                       "coconut": LatentSpec(None, None, 3)}.items():
+        res = evaluate(model, tok, ex, spec=spec, record_trace=True, record_hidden=True, method=name)
+        trajs[name] = LatentTrajectory.from_eval(res, model, tok, ex, latents_per_step=1)
+    figs = trajectory_figures(trajs, "sft", top_k=3, example=1)
+    assert len(figs) == 7 and all(isinstance(f, go.Figure) for f in figs.values())
+    assert {tr.name for tr in figs["Methods compared"].data} >= {"sft", "coconut"}
+    with pytest.raises(KeyError, match="cot"):
+        trajectory_figures(trajs, "cot")
+    with pytest.raises(IndexError, match="example=99"):
+        trajectory_figures(trajs, "sft", example=99)
+    path = write_standard_report(tmp_path / "r.html", trajs, "sft", top_k=3)
+    text = path.read_text(encoding="utf-8")
+    assert text.count("Plotly.newPlot") == 7 and "Per-step summary" in text

@@ -518,6 +518,44 @@ def test_schedule_by_time_decays_with_the_clock():
     assert lrs[0] > 0.5e-3 and lrs[-1] < 0.3e-3  # decayed towards min_lr_ratio * lr as time ran out
 
 
+def test_time_budget_ends_a_long_step_warmup():
+    """A step warm-up longer than the budget allows ends after warmup_time_fraction of the time."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from workbench.train import Trainer, TrainConfig
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    cfg = TrainConfig(max_steps=10**9, max_time_s=100.0, schedule_by_time=True, warmup_steps=1000,
+                      warmup_time_fraction=0.1, lr=1e-3, min_lr_ratio=0.1, progress=False)
+    trainer = Trainer(model, [torch.zeros(4, dtype=torch.long)], lambda xs: {}, cfg)
+    now = [0.0]
+    trainer._clock = lambda: now[0]
+    assert trainer._lr_factor(9) == pytest.approx(0.01)  # step-driven warm-up early on
+    now[0] = 5.0
+    assert trainer._lr_factor(9) == pytest.approx(0.5)  # half of the 10 s warm-up time
+    now[0] = 10.0
+    assert trainer._lr_factor(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.1)))
+    now[0] = 100.0
+    assert trainer._lr_factor(12) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="warmup_time_fraction"):
+        TrainConfig(warmup_time_fraction=0.0)
+
+
+def test_decay_fraction_reaches_the_floor_early_and_stays():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from workbench.train import Trainer, TrainConfig
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    cfg = TrainConfig(max_steps=100, decay_fraction=0.5, lr=1e-3, min_lr_ratio=0.1, progress=False)
+    trainer = Trainer(model, [torch.zeros(4, dtype=torch.long)], lambda xs: {}, cfg)
+    assert trainer._lr_factor(0) == pytest.approx(1.0)
+    assert trainer._lr_factor(25) == pytest.approx(0.1 + 0.9 * 0.5)  # cosine midpoint at a quarter
+    assert trainer._lr_factor(50) == pytest.approx(0.1) and trainer._lr_factor(90) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        TrainConfig(decay_fraction=1.5)
+
+
 def test_trains_when_gradients_were_switched_off_globally():
     """Notebooks often call torch.set_grad_enabled(False); training must still work."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -147,27 +147,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_build_checkpoints(args) -> int:
-    """Train the CoT model the notebooks start from and store it (fp16) under checkpoints/cot.
-
-    The shipped model is the d=128 variant of the default (0.8M parameters, under 2 MB in fp16):
-    on 2 CPU cores it gets many more optimizer steps into the budget than d=256.
-    """
+    """Train the models the notebooks start from and store them (fp16) under checkpoints/."""
     import torch
 
-    from workbench.experiment import checkpoints_dir, default_train_config, prepare_data, train_baseline
-    from workbench.models.build import ModelConfig
+    from workbench.checkpoints import build_checkpoints
 
     torch.set_num_threads(args.threads)
-    data = prepare_data("multiplication", train_size=100_000, test_size=1000, seed=args.seed, digits_a=3)
-    tc = default_train_config(seed=args.seed, eval_every=500, batch_size=32, lr=1e-3)
-    tm = train_baseline(data, "cot", model_config=ModelConfig(d_model=args.d_model), train_config=tc,
-                        seed=args.seed, time_budget_s=60 * args.minutes)
-    tm.meta["data"] = {"train_size": 100_000, "val_size": len(data.val), "test_size": 1000, "seed": args.seed,
-                       "difficulty": data.difficulty}
-    res = tm.evaluate()
-    tm.meta["test_accuracy"] = res.summary["accuracy"]
-    out = tm.save(Path(args.out) if args.out else checkpoints_dir() / "cot", dtype=torch.float16)
-    print(json.dumps({"saved": str(out), **res.summary}))
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    summaries = build_checkpoints(args.out, methods=methods, cot_minutes=args.minutes, d_model=args.d_model,
+                                  seed=args.seed)
+    print(json.dumps(summaries))
     return 0
 
 
@@ -199,14 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_sweep)
 
-    m = sub.add_parser("demo", help="train CoT and no-CoT on 3x3 multiplication and compare (~10 min)")
+    m = sub.add_parser("demo", help="train CoT, no-CoT and Coconut on 3x3 multiplication and compare (~10 min)")
     m.add_argument("--cot-minutes", type=float), m.add_argument("--nocot-minutes", type=float)
     m.add_argument("--test-size", type=int), m.add_argument("--seed", type=int), m.add_argument("--out-dir")
+    m.add_argument("--coconut-steps-per-stage", type=int), m.add_argument("--coconut-c", type=int)
+    m.add_argument("--d-model", type=int), m.add_argument("--batch-size", type=int)
     m.set_defaults(fn=cmd_demo)
 
-    b = sub.add_parser("build-checkpoints", help="train and store the CoT checkpoint the notebooks start from")
-    b.add_argument("--minutes", type=float, default=10.0), b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", help="folder (default checkpoints/cot)")
+    b = sub.add_parser("build-checkpoints", help="train and store the checkpoints the notebooks start from")
+    b.add_argument("--minutes", type=float, default=10.0, help="CoT training wall time")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--methods", default="cot,coconut,latent_sft", help="comma-separated subset to (re)build")
+    b.add_argument("--out", help="folder holding one subfolder per method (default checkpoints/)")
     b.add_argument("--d-model", type=int, default=128), b.add_argument("--threads", type=int, default=2)
     b.set_defaults(fn=cmd_build_checkpoints)
     return p

@@ -63,6 +63,11 @@ class TrainConfig:
     """Floor of the decaying schedules as a fraction of ``lr`` (``0`` decays to zero). In
     ``[0, 1]``."""
 
+    decay_fraction: float = 1.0
+    """The decay reaches its floor after this fraction of the run (of ``max_steps``, or of
+    ``max_time_s`` with ``schedule_by_time``) and stays there for the rest. Small models on
+    synthetic tasks often need a long low-lr tail to consolidate. In ``(0, 1]``."""
+
     max_grad_norm: float | None = 1.0
     """Clip the global L2 norm of the gradients to this value. ``None`` disables clipping (the
     norm is still logged). ``> 0``."""
@@ -102,6 +107,10 @@ class TrainConfig:
     time-budgeted run ends on the low lr of a finished schedule whatever the machine's speed.
     Losses then depend on machine speed (not bit-reproducible across machines)."""
 
+    warmup_time_fraction: float = 0.05
+    """With ``schedule_by_time``: the warm-up also ends once this fraction of ``max_time_s``
+    has elapsed, so a slow machine does not spend its whole budget warming up. In ``(0, 1]``."""
+
     resume: bool = False
     """On the first ``train()`` call, continue from the latest ``checkpoint-*`` in
     ``output_dir`` if there is one (model, optimizer, schedule, RNG and data position)."""
@@ -127,6 +136,10 @@ class TrainConfig:
         self.lr = _float("lr", self.lr, lo=0.0)
         self.weight_decay = _float("weight_decay", self.weight_decay, lo=0.0)
         self.min_lr_ratio = _float("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)
+        self.decay_fraction = _float("decay_fraction", self.decay_fraction, lo=0.0, lo_open=True, hi=1.0)
+        self.warmup_time_fraction = _float(
+            "warmup_time_fraction", self.warmup_time_fraction, lo=0.0, lo_open=True, hi=1.0
+        )
         if self.max_time_s is not None:
             self.max_time_s = _float(
                 "max_time_s", self.max_time_s, lo=0.0, lo_open=True, optional=True

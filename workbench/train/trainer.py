@@ -594,16 +594,22 @@ class Trainer:
     def _lr_factor(self, sched_step: int) -> float:
         cfg = self.config
         warm = cfg.warmup_steps
+        clock = getattr(self, "_clock", None)
+        by_time = bool(cfg.schedule_by_time and cfg.max_time_s and clock is not None)
         if sched_step < warm:
-            return (sched_step + 1) / warm
+            frac = (sched_step + 1) / warm
+            if by_time:  # a slow machine must not spend its budget warming up
+                frac = max(frac, clock() / (cfg.warmup_time_fraction * cfg.max_time_s))
+            if frac < 1.0:
+                return frac
         if cfg.lr_schedule == "constant":
             return 1.0
         horizon = max(1, cfg.max_steps - self._sched_offset - warm)
         progress = min(1.0, max(0.0, (sched_step - warm) / horizon))
-        clock = getattr(self, "_clock", None)
-        if cfg.schedule_by_time and cfg.max_time_s and clock is not None:
+        if by_time:
             # whichever budget binds first drives the decay (time-budgeted runs end on a low lr)
             progress = max(progress, min(1.0, clock() / cfg.max_time_s))
+        progress = min(1.0, progress / cfg.decay_fraction)
         floor = cfg.min_lr_ratio
         if cfg.lr_schedule == "cosine":
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
