@@ -12,6 +12,7 @@ with ``make checkpoints`` and the notebooks pick the new models up.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from workbench.models.build import ModelConfig
 SHIPPED_METHODS = ("cot", "coconut", "latent_sft")
 TRAIN_SIZE = 100_000
 """Generated training problems (more than any recipe consumes: every batch is fresh)."""
+LATENT_SFT_TRAIN_SIZE = 20_000
+"""Latent-SFT trains on the first 20k of them: its soft-label cache covers its whole training set."""
 
 
 def coconut_recipe(seed: int = 0) -> tuple[CoconutConfig, dict]:
@@ -75,6 +78,7 @@ def build_checkpoints(
 
     def finish(tm: TrainedModel, t0: float) -> None:
         res = tm.evaluate()
+        tm.meta.pop("soft_labels", None)  # a temporary folder, gone after the build
         tm.meta.update(data=data_meta, test_accuracy=res.summary["accuracy"], train_seconds=time.perf_counter() - t0)
         path = tm.save(out / tm.method, dtype=torch.float16)
         summaries[tm.method] = {**res.summary, "train_seconds": tm.meta["train_seconds"], "saved": str(path)}
@@ -94,5 +98,6 @@ def build_checkpoints(
                              seed=seed), t0)
     if "latent_sft" in methods:
         t0 = time.perf_counter()
-        finish(train_latent_sft(data, cot, config=latent_sft_recipe(seed)), t0)
+        sft_data = dataclasses.replace(data, train=data.train[:LATENT_SFT_TRAIN_SIZE])
+        finish(train_latent_sft(sft_data, cot, config=latent_sft_recipe(seed)), t0)
     return summaries
