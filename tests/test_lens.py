@@ -409,3 +409,17 @@ def test_standard_report_has_every_view_for_two_methods(tok, tmp_path):
     path = write_standard_report(tmp_path / "r.html", trajs, "sft", top_k=3)
     text = path.read_text(encoding="utf-8")
     assert text.count("Plotly.newPlot") == 7 and "Per-step summary" in text
+
+
+def test_metrics_report_alignment_against_another_examples_segments():
+    """A latent aligned to its own CoT segment ranks it first; the control (another example's) does not."""
+    rows = []
+    for tok in (1, 6):
+        r = [0.1 / (V - 1)] * V
+        r[tok] = 0.9
+        rows.append([r, r, r])
+    lp = torch.stack([_dist(x) for x in rows])
+    tr = LatentTrajectory(log_probs=lp, aligned_targets=[[[1], [1], []], [[6], [6], []]])
+    m = tr.metrics(k=3)
+    assert m["mean_target_rank"] == 1.0 and m["mean_target_prob"] == pytest.approx(0.9, rel=1e-4)
+    assert m["control_mean_target_rank"] > 1.0 and m["control_mean_target_prob"] < 0.05
