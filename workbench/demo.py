@@ -9,7 +9,7 @@ table. About 10 minutes on 2 CPU cores with the defaults.
 
 The demo models are the d=128 variant of the default architecture (4 layers, 0.8M parameters):
 on 2 CPU cores they fit about three times as many optimizer steps into the budget as the d=256
-default, which is what makes a 4-minute CoT run accurate. ``d_model=256`` gives the default.
+default, which is what makes a 6-minute CoT run accurate. ``d_model=256`` gives the default.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ COCONUT_STEPS, COCONUT_C, COCONUT_LR = 60, 2, 1e-3  # see DemoConfig
 class DemoConfig:
     """Budget and data of the demo run."""
 
-    cot_minutes: float = 4.5
+    cot_minutes: float = 6.0
     """Training wall time of the explicit-CoT model."""
-    nocot_minutes: float = 2.0
+    nocot_minutes: float = 1.5
     """Training wall time of the answer-only model."""
     coconut_steps_per_stage: int = COCONUT_STEPS
     """Coconut optimizer steps per curriculum stage (3 stages on 3x3; 0 skips Coconut)."""
