@@ -423,3 +423,11 @@ def test_metrics_report_alignment_against_another_examples_segments():
     m = tr.metrics(k=3)
     assert m["mean_target_rank"] == 1.0 and m["mean_target_prob"] == pytest.approx(0.9, rel=1e-4)
     assert m["control_mean_target_rank"] > 1.0 and m["control_mean_target_prob"] < 0.05
+
+
+def test_run_files_are_readable_by_others(tmp_path):
+    """Atomic writes must not keep mkstemp's 0600: results are meant to be shared."""
+    from workbench.runs import write_json
+
+    path = write_json(tmp_path / "metrics.json", {"a": 1})
+    assert path.stat().st_mode & 0o044 and json.loads(path.read_text()) == {"a": 1}
