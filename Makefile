@@ -24,6 +24,8 @@ PIP_FLAGS       ?= --progress-bar off
 JOBS            ?= 2
 # The whole of `make test` (both steps together) is killed after this many seconds.
 TEST_TIMEOUT    ?= 2400
+# nbval runs the notebooks one at a time: each kernel uses 2 torch threads, and two kernels on
+# 2 cores oversubscribe OpenMP and run several times slower than one after the other.
 # A notebook cell running longer than this fails under nbval.
 NBVAL_CELL_TIMEOUT ?= 900
 PYTEST_ARGS     ?=
@@ -135,7 +137,7 @@ test: $(STAMP)
 	    echo ">> [test 2/3] nbval: every notebooks/*.ipynb runs top to bottom (budget $${left}s)"; \
 	    $(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 $$left) \
 	      "$(PY)" -m pytest -p no:python --nbval-lax --nbval-current-env \
-	        --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) -n $(JOBS) --dist loadscope \
+	        --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) -n 0 \
 	        notebooks/ $(NBVAL_ARGS) || rc2=$$?; \
 	  fi; \
 	else \
