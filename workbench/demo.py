@@ -21,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.experiment import TrainedModel, default_train_config, prepare_data, train_baseline, train_coconut
-from workbench.lens.trajectory import LatentTrajectory
-from workbench.lens.views import write_standard_report
+from workbench.lens.views import trajectory_of, write_standard_report
 from workbench.methods.coconut import CoconutConfig
 from workbench.models.build import ModelConfig
 from workbench.runs import new_run_dir, write_figure, write_json, write_table
@@ -130,7 +129,4 @@ def demo_train_config(cfg: DemoConfig) -> TrainConfig:
 
 def _trajectory_report(path: Path, tm: TrainedModel, examples) -> Path:
     """Decode ``tm``'s latents on ``examples`` and write the standard trajectory report."""
-    res = tm.evaluate(examples, record_trace=True, record_hidden=True, top_k=10)
-    c = (tm.meta.get("coconut") or {}).get("c_thought")
-    traj = LatentTrajectory.from_eval(res, tm.model, tm.tokenizer, examples, latents_per_step=c)
-    return write_standard_report(path, {tm.method: traj}, tm.method, top_k=10)
+    return write_standard_report(path, {tm.method: trajectory_of(tm, examples)}, tm.method, top_k=10)

@@ -17,7 +17,15 @@ from workbench.lens.trajectory import LatentTrajectory, compare_trajectories
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-__all__ = ["trajectory_figures", "write_standard_report"]
+__all__ = ["trajectory_of", "trajectory_figures", "write_standard_report"]
+
+
+def trajectory_of(tm, examples, *, top_k: int = 10) -> LatentTrajectory:
+    """Decode a :class:`~workbench.experiment.TrainedModel`'s latents on ``examples`` (logit lens
+    included), aligning latent *j* with CoT step *j // c* for Coconut's *c* thoughts per step."""
+    result = tm.evaluate(examples, record_trace=True, record_hidden=True, top_k=top_k)
+    c = (tm.meta.get("coconut") or {}).get("c_thought")
+    return LatentTrajectory.from_eval(result, tm.model, tm.tokenizer, examples, latents_per_step=c)
 
 
 def trajectory_figures(
