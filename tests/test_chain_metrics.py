@@ -52,8 +52,10 @@ def test_ecr_hand_made():
     r = 2
     segs = [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]
     # all segment tokens inside the top-K support of the aligned latent -> r
-    ids, fed = _trace([[[1, 2, 9], [4, 3, 9], [0, 0, 0]], [[6, 5, 9], [8, 7, 9], [0, 0, 0]]],
-                      [[True, True, False], [True, True, False]])
+    ids, fed = _trace(
+        [[[1, 2, 9], [4, 3, 9], [0, 0, 0]], [[6, 5, 9], [8, 7, 9], [0, 0, 0]]],
+        [[True, True, False], [True, True, False]],
+    )
     out = effective_compression_rate(ids, fed, segs, K=2, r=r)
     assert out["ecr"] == pytest.approx(r) and out["K"] == 2 and out["r"] == r and out["pairs"] == 4
     # K too small to hold both -> half of every segment
@@ -65,7 +67,11 @@ def test_ecr_hand_made():
     fed2 = fed.clone()
     fed2[1, 1] = False
     out2 = effective_compression_rate(ids, fed2, segs, K=2, r=r)
-    assert out2["pairs"] == 3 and out2["segment_coverage"] == pytest.approx(0.75) and out2["ecr"] == pytest.approx(r)
+    assert (
+        out2["pairs"] == 3
+        and out2["segment_coverage"] == pytest.approx(0.75)
+        and out2["ecr"] == pytest.approx(r)
+    )
     with pytest.raises(ValueError):
         effective_compression_rate(ids, fed, segs, K=4, r=r)
 
@@ -87,24 +93,39 @@ def test_greedy_assignment_and_n_eff_hand_made():
     ref = torch.eye(3)
     cand = torch.tensor([[0.0, 1.0, 0.1], [1.0, 0.0, 0.0], [0.1, 0.2, 1.0]])
     assert greedy_assignment(cand, ref) == [1, 0, 2]
-    assert greedy_assignment(torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]), ref) == [0, 1]  # used ones are skipped
+    assert greedy_assignment(torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]), ref) == [
+        0,
+        1,
+    ]  # used ones are skipped
     segs = [[1], [2], [3]]
     cand_ids = torch.tensor([[2, 1], [1, 3], [3, 2]])
     cand_probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
     # two identical paths -> equal scores -> N_eff = M = 2
-    out = effective_global_parallelism(cand, cand_ids, cand_probs, [ref, ref.clone()], [segs, segs], n_random=8)
+    out = effective_global_parallelism(
+        cand, cand_ids, cand_probs, [ref, ref.clone()], [segs, segs], n_random=8
+    )
     assert out["n_eff"] == pytest.approx(2.0) and out["M"] == 2 and out["T"] == 3
-    assert out["scores"][0] == pytest.approx((math.log(0.9 + 1e-6) + math.log(0.8 + 1e-6) + math.log(0.7 + 1e-6)) / 3)
+    assert out["scores"][0] == pytest.approx(
+        (math.log(0.9 + 1e-6) + math.log(0.8 + 1e-6) + math.log(0.7 + 1e-6)) / 3
+    )
     # a second path whose segments the candidates never cover -> N_eff close to 1
-    out2 = effective_global_parallelism(cand, cand_ids, cand_probs, [ref, ref], [segs, [[50], [51], [52]]])
+    out2 = effective_global_parallelism(
+        cand, cand_ids, cand_probs, [ref, ref], [segs, [[50], [51], [52]]]
+    )
     assert out2["n_eff"] < 1.01 and out2["pi"][0] > 0.99
-    assert out2["n_eff_naive"] > 0 and out2["ratio"] == pytest.approx(out2["n_eff"] / out2["n_eff_naive"])
+    assert out2["n_eff_naive"] > 0 and out2["ratio"] == pytest.approx(
+        out2["n_eff"] / out2["n_eff_naive"]
+    )
 
 
 def test_end_to_end_on_tiny_model():
     tok = build_char_tokenizer()
-    model = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, max_positions=96), tok, seed=0).eval()
-    encoder = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, max_positions=96), tok, seed=1).eval()
+    model = build_model(
+        ModelConfig(n_layer=2, d_model=64, n_head=2, max_positions=96), tok, seed=0
+    ).eval()
+    encoder = build_model(
+        ModelConfig(n_layer=2, d_model=64, n_head=2, max_positions=96), tok, seed=1
+    ).eval()
     data = generate("multiplication", 4, seed=0, digits_a=3)
     cfg = LatentSFTConfig(max_latent_steps=4)
     res = evaluate(model, tok, data, spec=latent_sft_spec(tok, cfg), record_trace=True)
@@ -114,6 +135,8 @@ def test_end_to_end_on_tiny_model():
     fed_out = ecr_from_trace(res.trace, texs, K=5, r=4, use_fed_weights=True)
     assert fed_out["K"] == 5
     df, summary = latent_sft_parallelism(model, encoder, tok, data, cfg, n_random=4)
-    assert summary["M"] == 2 and len(df) == summary["questions"] == 4  # the random model never stops at once
+    assert (
+        summary["M"] == 2 and len(df) == summary["questions"] == 4
+    )  # the random model never stops at once
     assert ((df["n_eff"] >= 1 - 1e-9) & (df["n_eff"] <= 2 + 1e-9)).all()
     assert (df["latent_steps"] == res.per_example["latent_steps"].to_numpy()).all()

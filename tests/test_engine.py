@@ -12,7 +12,13 @@ from workbench.engine.forward import latent_forward, naive_latent_forward, shift
 from workbench.engine.loop import run_latent
 from workbench.engine.reference import reference_generate
 from workbench.engine.stop import ArgmaxToken, EntropyColdStop, FixedSteps
-from workbench.methods.layout import build_sequence, collate, pad_prompts, prompt_ids, tokenize_examples
+from workbench.methods.layout import (
+    build_sequence,
+    collate,
+    pad_prompts,
+    prompt_ids,
+    tokenize_examples,
+)
 from workbench.models.build import ModelConfig, build_model
 
 RULES = ["hidden", "projected", "superposition", "gumbel"]
@@ -24,7 +30,9 @@ def tok():
 
 
 def _model(tok, arch, seed=3):
-    return build_model(ModelConfig(arch=arch, n_layer=2, d_model=64, n_head=2), tok, seed=seed).float()
+    return build_model(
+        ModelConfig(arch=arch, n_layer=2, d_model=64, n_head=2), tok, seed=seed
+    ).float()
 
 
 def _rule(name):
@@ -34,7 +42,9 @@ def _rule(name):
 
 def _examples():
     # different question lengths -> left padding; different digits -> different step counts
-    return generate("multiplication", 2, 0, digits_a=2) + generate("multiplication", 3, 1, digits_a=3, digits_b=2)
+    return generate("multiplication", 2, 0, digits_a=2) + generate(
+        "multiplication", 3, 1, digits_a=3, digits_b=2
+    )
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -44,15 +54,22 @@ def test_training_path_matches_naive_recompute(tok, arch, rule):
     model, fb = _model(tok, arch), _rule(rule)
     texs = tokenize_examples(_examples(), tok)
     n_lat = [0, 2, 3, 1, 3]
-    batch = collate([build_sequence(t, sp, n_latent=n, first_step=min(n, len(t.steps))) for t, n in zip(texs, n_lat)],
-                    sp.pad)
+    batch = collate(
+        [
+            build_sequence(t, sp, n_latent=n, first_step=min(n, len(t.steps)))
+            for t, n in zip(texs, n_lat)
+        ],
+        sp.pad,
+    )
     results = []
     for fn in (latent_forward, naive_latent_forward):
         model.zero_grad(), fb.zero_grad()
         out = fn(model, batch, fb, torch.Generator().manual_seed(1))
         shifted_ce(out.logits, batch["labels"]).backward()
         params = list(model.named_parameters()) + list(fb.named_parameters())
-        results.append((out.logits.detach(), {k: p.grad.clone() for k, p in params if p.grad is not None}))
+        results.append(
+            (out.logits.detach(), {k: p.grad.clone() for k, p in params if p.grad is not None})
+        )
     (l1, g1), (l2, g2) = results
     real = batch["attention_mask"].bool()
     assert torch.allclose(l1[real], l2[real], atol=1e-4)
@@ -71,12 +88,28 @@ def test_cached_loop_matches_batch1_full_recompute(tok, arch, rule):
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
     batch = pad_prompts(prompts, sp.pad)
     K = torch.tensor([0, 3, 1, 4, 2])
-    out = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, feedback=fb, stop=FixedSteps(K),
-                     max_latent_steps=5, max_new_tokens=10, record_logits=True)
+    out = run_latent(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        sp,
+        feedback=fb,
+        stop=FixedSteps(K),
+        max_latent_steps=5,
+        max_new_tokens=10,
+        record_logits=True,
+    )
     assert out.trace.n_latent.tolist() == K.tolist()
     for b, p in enumerate(prompts):
-        ref = reference_generate(model, p, sp, feedback=fb, stop=FixedSteps(int(K[b])), max_latent_steps=5,
-                                 max_new_tokens=10)
+        ref = reference_generate(
+            model,
+            p,
+            sp,
+            feedback=fb,
+            stop=FixedSteps(int(K[b])),
+            max_latent_steps=5,
+            max_new_tokens=10,
+        )
         assert len(ref.latent_embeds) == int(K[b])
         for t, e in enumerate(ref.latent_embeds):
             assert torch.allclose(out.trace.embeds[b, t], e, atol=1e-4)
@@ -92,13 +125,23 @@ def test_gumbel_rollouts_reproducible_and_diverse(tok):
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
     batch = pad_prompts(prompts, sp.pad)
     fb = make_feedback("gumbel", top_k=8, gumbel_tau=0.5)
-    run = lambda seed: run_latent(model, batch["input_ids"], batch["attention_mask"], sp, feedback=fb,  # noqa: E731
-                                  max_latent_steps=3, max_new_tokens=4, generator=torch.Generator().manual_seed(seed))
+    run = lambda seed: run_latent(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        sp,
+        feedback=fb,  # noqa: E731
+        max_latent_steps=3,
+        max_new_tokens=4,
+        generator=torch.Generator().manual_seed(seed),
+    )
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a.trace.embeds, b.trace.embeds)
     assert not torch.allclose(a.trace.embeds, c.trace.embeds)
     w = a.trace.weight_probs
-    assert w.dtype == torch.float32 and torch.allclose(w[a.trace.fed].sum(-1), torch.ones(()), atol=1e-5)
+    assert w.dtype == torch.float32 and torch.allclose(
+        w[a.trace.fed].sum(-1), torch.ones(()), atol=1e-5
+    )
 
 
 def test_stop_rules_per_sample(tok):
@@ -107,16 +150,37 @@ def test_stop_rules_per_sample(tok):
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
     batch = pad_prompts(prompts, sp.pad)
     # argmax stop on the token the untrained model prefers at <bot>: stops at step 0 for every sample
-    out0 = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, max_latent_steps=4, max_new_tokens=2,
-                      record_logits=True)
+    out0 = run_latent(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        sp,
+        max_latent_steps=4,
+        max_new_tokens=2,
+        record_logits=True,
+    )
     first = out0.trace.topk_ids[:, 0, 0]
-    out = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, stop=ArgmaxToken(int(first[0])),
-                     max_latent_steps=4, max_new_tokens=2)
+    out = run_latent(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        sp,
+        stop=ArgmaxToken(int(first[0])),
+        max_latent_steps=4,
+        max_new_tokens=2,
+    )
     assert out.trace.n_latent[first == first[0]].eq(0).all()
     assert out.trace.stop[:, 0].eq(first == first[0]).all()
     # cold stop with a huge tau fires after exactly k steps
-    out = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, stop=EntropyColdStop(tau=100.0, k=2),
-                     max_latent_steps=6, max_new_tokens=2)
+    out = run_latent(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        sp,
+        stop=EntropyColdStop(tau=100.0, k=2),
+        max_latent_steps=6,
+        max_new_tokens=2,
+    )
     assert out.trace.n_latent.tolist() == [1] * len(prompts)
     # entropy of the read distribution is consistent with its top-k
     assert (out.trace.entropy >= 0).all() and (out.trace.topk_probs <= 1).all()
@@ -127,4 +191,11 @@ def test_position_limit_error(tok):
     model = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2, max_positions=16), tok)
     batch = pad_prompts([[5] * 10 + [sp.bot]], sp.pad)
     with pytest.raises(ValueError, match="max_positions"):
-        run_latent(model, batch["input_ids"], batch["attention_mask"], sp, max_latent_steps=4, max_new_tokens=8)
+        run_latent(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            sp,
+            max_latent_steps=4,
+            max_new_tokens=8,
+        )

@@ -21,8 +21,12 @@ def _overfit_model(tok, examples, steps=150):
     batch = SequenceCollator(tok)(tokenize_examples(examples, tok))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     position_ids=batch["position_ids"], labels=batch["labels"]).loss
+        loss = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            labels=batch["labels"],
+        ).loss
         opt.zero_grad(), loss.backward(), opt.step()
     return model.eval()
 
@@ -36,17 +40,27 @@ def test_evaluator_matches_slow_reference():
     res = evaluate(model, tok, examples, batch_size=3)
     texs = tokenize_examples(examples, tok)
     for i, tex in enumerate(texs):
-        ref = reference_generate(model, prompt_ids(tex, sp), sp, max_new_tokens=res.extra.get("max_new_tokens", 64),
-                                 append_eot=False)
+        ref = reference_generate(
+            model,
+            prompt_ids(tex, sp),
+            sp,
+            max_new_tokens=res.extra.get("max_new_tokens", 64),
+            append_eot=False,
+        )
         ids = ref.generated[:-1] if ref.generated and ref.generated[-1] == sp.eos else ref.generated
         if sp.eot in ids:
             k = ids.index(sp.eot)
             reasoning, answer = ids[:k], tok.decode(ids[k + 1 :], skip_special_tokens=True)
         else:
-            reasoning, answer = ids, extract_fallback(tok.decode(ids, skip_special_tokens=True)) or ""
+            reasoning, answer = (
+                ids,
+                extract_fallback(tok.decode(ids, skip_special_tokens=True)) or "",
+            )
         row = res.per_example.iloc[i]
         assert row["prediction"] == normalize_answer(answer)
-        assert row["correct"] == (normalize_answer(answer) == normalize_answer(examples[i]["answer"]))
+        assert row["correct"] == (
+            normalize_answer(answer) == normalize_answer(examples[i]["answer"])
+        )
         assert row["reasoning_tokens"] == len(reasoning)
     # the memorised training examples are answered correctly: the metric can be 1, not only 0
     assert res.per_example["correct"][:4].mean() >= 0.75
@@ -57,8 +71,14 @@ def test_latent_spec_metrics_count_latents():
     tok = build_char_tokenizer()
     model = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), tok).eval()
     exs = generate("multiplication", 5, 1, digits_a=2)
-    res = evaluate(model, tok, exs, spec=LatentSpec(stop=FixedSteps(3), max_latent_steps=3), max_new_tokens=4,
-                   record_trace=True)
+    res = evaluate(
+        model,
+        tok,
+        exs,
+        spec=LatentSpec(stop=FixedSteps(3), max_latent_steps=3),
+        max_new_tokens=4,
+        record_trace=True,
+    )
     df = res.per_example
     assert (df["latent_steps"] == 3).all() and (df["reasoning_tokens"] == 0).all()
     assert (df["reasoning_positions"] == 3).all()

@@ -11,8 +11,14 @@ from workbench.data.tokenizer import build_char_tokenizer, special_ids
 from workbench.engine.feedback import SuperpositionFeedback
 from workbench.engine.stop import ArgmaxToken
 from workbench.eval.evaluator import LatentSpec
-from workbench.experiment import (TrainedModel, default_train_config, prepare_data, spec_from_dict, spec_to_dict,
-                                  train_coconut)
+from workbench.experiment import (
+    TrainedModel,
+    default_train_config,
+    prepare_data,
+    spec_from_dict,
+    spec_to_dict,
+    train_coconut,
+)
 from workbench.methods.coconut import CoconutCollator, CoconutConfig, stage_layout
 from workbench.methods.layout import tokenize_examples
 from workbench.models.build import ModelConfig, build_model
@@ -41,25 +47,39 @@ def test_spec_round_trip():
     spec = LatentSpec(SuperpositionFeedback(top_k=7, temperature=0.5), ArgmaxToken(3, 1), 9, True)
     back = spec_from_dict(spec_to_dict(spec), d_model=16)
     assert back.feedback.top_k == 7 and back.feedback.temperature == 0.5
-    assert isinstance(back.stop, ArgmaxToken) and back.stop.token_id == 3 and back.max_latent_steps == 9
+    assert (
+        isinstance(back.stop, ArgmaxToken)
+        and back.stop.token_id == 3
+        and back.max_latent_steps == 9
+    )
 
 
 def test_coconut_trains_saves_loads(tmp_path):
     torch.manual_seed(0)
-    data = prepare_data("multiplication", train_size=64, val_size=4, test_size=6, seed=0, digits_a=2)
+    data = prepare_data(
+        "multiplication", train_size=64, val_size=4, test_size=6, seed=0, digits_a=2
+    )
     base = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), data.tokenizer)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     cc = CoconutConfig(c_thought=1, max_latent_stage=2, steps_per_stage=2, feedback="projected")
-    tm = train_coconut(data, base, coconut=cc, train_config=default_train_config(batch_size=4, progress=False,
-                                                                                  warmup_steps=1))
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items()), "the base model must not change"
+    tm = train_coconut(
+        data,
+        base,
+        coconut=cc,
+        train_config=default_train_config(batch_size=4, progress=False, warmup_steps=1),
+    )
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items()), (
+        "the base model must not change"
+    )
     assert sorted(tm.history["stage"].unique()) == [1, 2]
     res = tm.evaluate()
     assert (res.per_example["latent_steps"] == 2).all()
     tm.save(tmp_path / "m")
     back = TrainedModel.load(tmp_path / "m", data.test)
     assert back.method == "coconut" and back.spec.max_latent_steps == 2
-    for (k, a), b in zip(tm.spec.feedback.state_dict().items(), back.spec.feedback.state_dict().values()):
+    for (k, a), b in zip(
+        tm.spec.feedback.state_dict().items(), back.spec.feedback.state_dict().values()
+    ):
         assert torch.equal(a, b), k
     again = back.evaluate()
     assert again.per_example["prediction"].tolist() == res.per_example["prediction"].tolist()
@@ -83,12 +103,16 @@ def test_build_checkpoints_saves_loadable_fp16_models(tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "TRAIN_SIZE", 200)
     with pytest.raises(ValueError, match="not shipped"):
         ck.build_checkpoints(tmp_path, methods=("nocot",))
-    out = ck.build_checkpoints(tmp_path, methods=("cot",), cot_minutes=0.02, d_model=16, test_size=8)
+    out = ck.build_checkpoints(
+        tmp_path, methods=("cot",), cot_minutes=0.02, d_model=16, test_size=8
+    )
     assert set(out) == {"cot"} and 0.0 <= out["cot"]["accuracy"] <= 1.0
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "cot" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     tm = TrainedModel.load(tmp_path / "cot")
-    assert tm.meta["test_accuracy"] == out["cot"]["accuracy"] and tm.meta["data"]["train_size"] == 200
+    assert (
+        tm.meta["test_accuracy"] == out["cot"]["accuracy"] and tm.meta["data"]["train_size"] == 200
+    )
     assert next(tm.model.parameters()).dtype == torch.float32

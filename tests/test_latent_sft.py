@@ -53,7 +53,9 @@ def sp(tok):
 
 
 def tiny_model(tok, seed=0):
-    return build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, max_positions=96), tok, seed=seed)
+    return build_model(
+        ModelConfig(n_layer=2, d_model=64, n_head=2, max_positions=96), tok, seed=seed
+    )
 
 
 def examples(n=8, seed=1, digits=2):
@@ -68,9 +70,18 @@ def examples(n=8, seed=1, digits=2):
 def test_config_validation():
     cfg = LatentSFTConfig()
     assert cfg.compression_rate == 4 and cfg.top_k == 10 and cfg.gumbel_clamp == (-1.5, 3.0)
-    for bad in ({"compression_rate": 0}, {"top_k": 0}, {"temperature": 0}, {"gumbel_clamp": (3, -1)},
-                {"kl_weight": 0, "ce_weight": 0}, {"stage2_steps": -1}, {"gumbel": "yes"}, {"encoder_lr": 0},
-                {"stage2_batch_size": 0}, {"max_time_s": 0}):
+    for bad in (
+        {"compression_rate": 0},
+        {"top_k": 0},
+        {"temperature": 0},
+        {"gumbel_clamp": (3, -1)},
+        {"kl_weight": 0, "ce_weight": 0},
+        {"stage2_steps": -1},
+        {"gumbel": "yes"},
+        {"encoder_lr": 0},
+        {"stage2_batch_size": 0},
+        {"max_time_s": 0},
+    ):
         with pytest.raises(ConfigError):
             LatentSFTConfig(**bad)
     assert LatentSFTConfig(batch_size=8).stage2_bs == 8
@@ -88,7 +99,9 @@ def test_segments_and_sequences(sp):
     # [q, <bot>, L1, S2, L2, S3, L3, <eot>, A, <eos>]; S1 dropped
     assert dec["input_ids"] == [40, 41, sp.bot, C, 52, 7, C, 53, 54, C, sp.eot, 60, sp.eos]
     assert dec["labels"] == [IGNORE] * 4 + [52, 7, IGNORE, 53, 54, IGNORE, sp.eot, 60, sp.eos]
-    assert dec["role"] == [PREFIX] * 3 + [LATENT, TEXT, TEXT, LATENT, TEXT, TEXT, LATENT] + [TAIL] * 3
+    assert (
+        dec["role"] == [PREFIX] * 3 + [LATENT, TEXT, TEXT, LATENT, TEXT, TEXT, LATENT] + [TAIL] * 3
+    )
     assert dec["segment"] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 0, 0, 0]
 
 
@@ -188,7 +201,9 @@ def test_soft_label_cache_round_trip_and_mismatch(tok, tmp_path):
     with pytest.raises(SoftLabelCacheMismatch, match="examples_sha1"):
         load_soft_labels(tmp_path / "cache", soft_label_meta(cfg, len(tok), texs[:-1] + texs[:1]))
     with pytest.raises(SoftLabelCacheMismatch, match="top_k"):
-        load_soft_labels(tmp_path / "cache", soft_label_meta(LatentSFTConfig(top_k=10), len(tok), texs))
+        load_soft_labels(
+            tmp_path / "cache", soft_label_meta(LatentSFTConfig(top_k=10), len(tok), texs)
+        )
     with pytest.raises(SoftLabelCacheMismatch, match="vocab_size"):
         load_soft_labels(tmp_path / "cache", soft_label_meta(cfg, len(tok) + 1, texs))
     # a tensor file that does not match its meta (interrupted write) is refused
@@ -256,7 +271,9 @@ def test_stage2_loss_matches_naive_per_example(tok, sp):
             logits = model(inputs_embeds=x).logits[0]
         s = len(ids)
         tgt = torch.tensor(tail)
-        ce_num += float(torch.nn.functional.cross_entropy(logits[s + n - 1 : -1], tgt, reduction="sum"))
+        ce_num += float(
+            torch.nn.functional.cross_entropy(logits[s + n - 1 : -1], tgt, reduction="sum")
+        )
         ce_den += len(tail)
         logq = torch.log_softmax(logits[s - 1 : s - 1 + n], -1).gather(-1, it.ids)
         kls.append(float((it.probs * (it.probs.log() - logq)).sum(-1).mean()))
@@ -273,9 +290,13 @@ def test_stage2_loss_decreases_on_tiny_set(tok, sp):
     texs = tokenize_examples(examples(6, digits=2), tok)
     items = _stage2_items(tok, texs)
     cfg = LatentSFTConfig(seed=0)
-    trainer = Trainer(model, items, Stage2Collator(tok), TrainConfig(max_steps=40, lr=3e-3, batch_size=6,
-                                                                     log_every=1, progress=False),
-                      loss_fn=Stage2Loss(cfg, sp))
+    trainer = Trainer(
+        model,
+        items,
+        Stage2Collator(tok),
+        TrainConfig(max_steps=40, lr=3e-3, batch_size=6, log_every=1, progress=False),
+        loss_fn=Stage2Loss(cfg, sp),
+    )
     trainer.train()
     hist = trainer.log_history.to_pandas()
     assert hist["loss"].iloc[-3:].mean() < 0.6 * hist["loss"].iloc[:3].mean()
@@ -292,10 +313,19 @@ def test_spec(tok, sp):
 def test_train_latent_sft_end_to_end(tok, tmp_path):
     model = tiny_model(tok)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = LatentSFTConfig(encoder_steps=2, decoder_steps=2, union_steps=1, stage2_steps=2, batch_size=4,
-                          max_latent_steps=4, log_every=1)
+    cfg = LatentSFTConfig(
+        encoder_steps=2,
+        decoder_steps=2,
+        union_steps=1,
+        stage2_steps=2,
+        batch_size=4,
+        max_latent_steps=4,
+        log_every=1,
+    )
     data = examples(6, digits=2)
-    res = train_latent_sft(model, tok, data, cfg, eval_examples=data[:3], output_dir=tmp_path / "run")
+    res = train_latent_sft(
+        model, tok, data, cfg, eval_examples=data[:3], output_dir=tmp_path / "run"
+    )
     assert set(res.histories) == {"encoder", "decoder", "union", "stage2"}
     assert "eval/answer_exact_tf" in res.histories["union"].columns
     assert {"ce", "kl"} <= set(res.histories["stage2"].columns)

@@ -395,9 +395,13 @@ def test_standard_report_has_every_view_for_two_methods(tok, tmp_path):
     ex = _examples()
     model = build_model(ModelConfig(n_layer=2, d_model=32, n_head=2), tok, seed=2).float()
     trajs = {}
-    for name, spec in {"sft": LatentSpec(make_feedback("superposition", top_k=4), None, 4),
-                       "coconut": LatentSpec(None, None, 3)}.items():
-        res = evaluate(model, tok, ex, spec=spec, record_trace=True, record_hidden=True, method=name)
+    for name, spec in {
+        "sft": LatentSpec(make_feedback("superposition", top_k=4), None, 4),
+        "coconut": LatentSpec(None, None, 3),
+    }.items():
+        res = evaluate(
+            model, tok, ex, spec=spec, record_trace=True, record_hidden=True, method=name
+        )
         trajs[name] = LatentTrajectory.from_eval(res, model, tok, ex, latents_per_step=1)
     figs = trajectory_figures(trajs, "sft", top_k=3, example=1)
     assert len(figs) == 7 and all(isinstance(f, go.Figure) for f in figs.values())

@@ -123,11 +123,32 @@ def test_dual_track_positions_docstring_example():
 
 def _models():
     torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0, pad_token_id=0))
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=VOCAB,
-                                         max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            vocab_size=VOCAB,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     return {"gpt2": gpt2.eval(), "llama": llama.eval()}
 
 
@@ -144,7 +165,9 @@ def test_4d_causal_mask_equals_2d_path(impl):
         model.set_attn_implementation(impl)
         with torch.no_grad():
             a = model(input_ids=ids, attention_mask=am, position_ids=pos).logits
-            b = model(input_ids=ids, attention_mask=causal_mask(am, model.dtype), position_ids=pos).logits
+            b = model(
+                input_ids=ids, attention_mask=causal_mask(am, model.dtype), position_ids=pos
+            ).logits
             # the 4-D mask is really used: hiding token 0 from everyone else changes the logits
             keep = causal_mask(am, model.dtype).clone()
             keep[0, 0, 1:, 0] = torch.finfo(model.dtype).min

@@ -7,8 +7,16 @@ import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from workbench.data.tasks import generate
-from workbench.data.tokenizer import (BOT, EOT, LATENT, build_char_tokenizer, build_tokenizer, encode_text,
-                                      ensure_special_tokens, special_ids)
+from workbench.data.tokenizer import (
+    BOT,
+    EOT,
+    LATENT,
+    build_char_tokenizer,
+    build_tokenizer,
+    encode_text,
+    ensure_special_tokens,
+    special_ids,
+)
 from workbench.models.build import ModelConfig, build_model, count_parameters
 
 
@@ -21,7 +29,9 @@ def test_char_round_trip_and_ids():
     assert len({sp.pad, sp.eos, sp.bot, sp.eot, sp.latent}) == 5
     assert tok.convert_ids_to_tokens([sp.bot, sp.eot, sp.latent]) == [BOT, EOT, LATENT]
     # specials are atomic, never split into characters
-    assert encode_text(tok, f"12{BOT}3") == encode_text(tok, "12") + [sp.bot] + encode_text(tok, "3")
+    assert encode_text(tok, f"12{BOT}3") == encode_text(tok, "12") + [sp.bot] + encode_text(
+        tok, "3"
+    )
 
 
 def test_word_tokenizer_round_trip_save_load(tmp_path):
@@ -73,7 +83,10 @@ def test_build_model_default_size_and_local_load(tmp_path, arch):
     assert (3.0e6 < n < 3.5e6) if arch == "gpt2" else (3.0e6 < n < 5e6)
     assert model.config.vocab_size == len(tok)
     # same seed -> same init; different seed -> different
-    a, b = build_model(ModelConfig(arch=arch, n_layer=1), tok, seed=1), build_model(ModelConfig(arch=arch, n_layer=1), tok, seed=1)
+    a, b = (
+        build_model(ModelConfig(arch=arch, n_layer=1), tok, seed=1),
+        build_model(ModelConfig(arch=arch, n_layer=1), tok, seed=1),
+    )
     c = build_model(ModelConfig(arch=arch, n_layer=1), tok, seed=2)
     pa, pb, pc = (next(m.parameters()) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)

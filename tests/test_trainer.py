@@ -499,18 +499,28 @@ def test_schedule_by_time_decays_with_the_clock():
     """With schedule_by_time, the lr reaches the floor when the time budget is spent."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.train import Trainer, TrainConfig
+    from workbench.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16)
+    )
     data = [torch.randint(0, 20, (8,)) for _ in range(8)]
 
     def collate(items):
         x = torch.stack(items)
         return {"input_ids": x, "labels": x}
 
-    cfg = TrainConfig(max_steps=10**9, max_time_s=1.0, schedule_by_time=True, lr=1e-3, min_lr_ratio=0.1,
-                      batch_size=4, progress=False, log_every=1)
+    cfg = TrainConfig(
+        max_steps=10**9,
+        max_time_s=1.0,
+        schedule_by_time=True,
+        lr=1e-3,
+        min_lr_ratio=0.1,
+        batch_size=4,
+        progress=False,
+        log_every=1,
+    )
     trainer = Trainer(model, data, collate, cfg)
     trainer.train()
     lrs = trainer.log_history.values("lr")
@@ -522,11 +532,21 @@ def test_time_budget_ends_a_long_step_warmup():
     """A step warm-up longer than the budget allows ends after warmup_time_fraction of the time."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.train import Trainer, TrainConfig
+    from workbench.train import TrainConfig, Trainer
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
-    cfg = TrainConfig(max_steps=10**9, max_time_s=100.0, schedule_by_time=True, warmup_steps=1000,
-                      warmup_time_fraction=0.1, lr=1e-3, min_lr_ratio=0.1, progress=False)
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16)
+    )
+    cfg = TrainConfig(
+        max_steps=10**9,
+        max_time_s=100.0,
+        schedule_by_time=True,
+        warmup_steps=1000,
+        warmup_time_fraction=0.1,
+        lr=1e-3,
+        min_lr_ratio=0.1,
+        progress=False,
+    )
     trainer = Trainer(model, [torch.zeros(4, dtype=torch.long)], lambda xs: {}, cfg)
     now = [0.0]
     trainer._clock = lambda: now[0]
@@ -544,14 +564,18 @@ def test_time_budget_ends_a_long_step_warmup():
 def test_decay_fraction_reaches_the_floor_early_and_stays():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.train import Trainer, TrainConfig
+    from workbench.train import TrainConfig, Trainer
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16)
+    )
     cfg = TrainConfig(max_steps=100, decay_fraction=0.5, lr=1e-3, min_lr_ratio=0.1, progress=False)
     trainer = Trainer(model, [torch.zeros(4, dtype=torch.long)], lambda xs: {}, cfg)
     assert trainer._lr_factor(0) == pytest.approx(1.0)
     assert trainer._lr_factor(25) == pytest.approx(0.1 + 0.9 * 0.5)  # cosine midpoint at a quarter
-    assert trainer._lr_factor(50) == pytest.approx(0.1) and trainer._lr_factor(90) == pytest.approx(0.1)
+    assert trainer._lr_factor(50) == pytest.approx(0.1) and trainer._lr_factor(90) == pytest.approx(
+        0.1
+    )
     with pytest.raises(ValueError, match="decay_fraction"):
         TrainConfig(decay_fraction=1.5)
 
@@ -560,16 +584,22 @@ def test_trains_when_gradients_were_switched_off_globally():
     """Notebooks often call torch.set_grad_enabled(False); training must still work."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.train import Trainer, TrainConfig
+    from workbench.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16)
+    )
     data = [torch.randint(0, 20, (8,)) for _ in range(4)]
     before = [p.clone() for p in model.parameters()]
     torch.set_grad_enabled(False)
     try:
-        trainer = Trainer(model, data, lambda xs: {"input_ids": torch.stack(xs), "labels": torch.stack(xs)},
-                          TrainConfig(max_steps=2, batch_size=2, progress=False))
+        trainer = Trainer(
+            model,
+            data,
+            lambda xs: {"input_ids": torch.stack(xs), "labels": torch.stack(xs)},
+            TrainConfig(max_steps=2, batch_size=2, progress=False),
+        )
         trainer.train()
         assert not torch.is_grad_enabled()  # the caller's setting is restored
     finally:

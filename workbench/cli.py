@@ -42,7 +42,9 @@ def load_run_config(path: str | None, overrides: dict) -> dict:
             cfg[section] = values
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{path or 'config'}: unknown section(s) {unknown}; known sections: {list(SECTIONS)}")
+        raise ConfigError(
+            f"{path or 'config'}: unknown section(s) {unknown}; known sections: {list(SECTIONS)}"
+        )
     return cfg
 
 
@@ -51,8 +53,15 @@ def _data_from(cfg: dict, source: str):
     from workbench.experiment import prepare_data
 
     dc = config_from_dict(DataConfig, cfg.get("data", {}), source=f"{source}:data")
-    return prepare_data(dc.task, train_size=dc.train_size, val_size=dc.val_size, test_size=dc.test_size,
-                        seed=dc.seed, path=dc.path, **(dc.difficulty or {}))
+    return prepare_data(
+        dc.task,
+        train_size=dc.train_size,
+        val_size=dc.val_size,
+        test_size=dc.test_size,
+        seed=dc.seed,
+        path=dc.path,
+        **(dc.difficulty or {}),
+    )
 
 
 def cmd_data(args) -> int:
@@ -94,7 +103,9 @@ def cmd_train(args) -> int:
     seed = cfg.get("data", {}).get("seed", 0)
     budget = args.max_minutes * 60 if args.max_minutes else None
     if method in ("cot", "nocot"):
-        tm = train_baseline(data, method, model_config=mc, train_config=tc, seed=seed, time_budget_s=budget)
+        tm = train_baseline(
+            data, method, model_config=mc, train_config=tc, seed=seed, time_budget_s=budget
+        )
     elif method == "coconut":
         cc = config_from_dict(CoconutConfig, cfg.get("coconut", {}), source=f"{src}:coconut")
         base = None
@@ -105,8 +116,13 @@ def cmd_train(args) -> int:
         tm = train_coconut(data, base, coconut=cc, train_config=tc, model_config=mc, seed=seed)
     else:
         raise ConfigError(f"method={method!r}: the CLI trains cot, nocot, coconut")
-    tm.meta["data"] = {"train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
-                       "seed": seed, "difficulty": data.difficulty}
+    tm.meta["data"] = {
+        "train_size": len(data.train),
+        "val_size": len(data.val),
+        "test_size": len(data.test),
+        "seed": seed,
+        "difficulty": data.difficulty,
+    }
     out = tm.save(args.out)
     res = tm.evaluate()
     print(json.dumps(res.summary, indent=2))
@@ -120,9 +136,15 @@ def cmd_eval(args) -> int:
 
     tm = TrainedModel.load(args.checkpoint)
     data_meta = tm.meta.get("data", {})
-    data = prepare_data(tm.task if not args.path else "local", train_size=data_meta.get("train_size", 1000),
-                        test_size=args.test_size, seed=data_meta.get("seed", 0), path=args.path,
-                        tokenizer=tm.tokenizer, **data_meta.get("difficulty", {}))
+    data = prepare_data(
+        tm.task if not args.path else "local",
+        train_size=data_meta.get("train_size", 1000),
+        test_size=args.test_size,
+        seed=data_meta.get("seed", 0),
+        path=args.path,
+        tokenizer=tm.tokenizer,
+        **data_meta.get("difficulty", {}),
+    )
     res = tm.evaluate(data.test, batch_size=args.batch_size)
     print(res.to_frame().to_string(index=False))
     if args.out:
@@ -141,7 +163,11 @@ def cmd_sweep(args) -> int:
 def cmd_demo(args) -> int:
     from workbench.demo import DemoConfig, run_demo
 
-    values = {k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__ and v is not None}
+    values = {
+        k: v
+        for k, v in vars(args).items()
+        if k in DemoConfig.__dataclass_fields__ and v is not None
+    }
     run_demo(config_from_dict(DemoConfig, values, source="demo"))
     return 0
 
@@ -154,8 +180,9 @@ def cmd_build_checkpoints(args) -> int:
 
     torch.set_num_threads(args.threads)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    summaries = build_checkpoints(args.out, methods=methods, cot_minutes=args.minutes, d_model=args.d_model,
-                                  seed=args.seed)
+    summaries = build_checkpoints(
+        args.out, methods=methods, cot_minutes=args.minutes, d_model=args.d_model, seed=args.seed
+    )
     print(json.dumps(summaries))
     return 0
 
@@ -188,19 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_sweep)
 
-    m = sub.add_parser("demo", help="train CoT, no-CoT and Coconut on 3x3 multiplication and compare (~10 min)")
+    m = sub.add_parser(
+        "demo", help="train CoT, no-CoT and Coconut on 3x3 multiplication and compare (~10 min)"
+    )
     m.add_argument("--cot-minutes", type=float), m.add_argument("--nocot-minutes", type=float)
-    m.add_argument("--test-size", type=int), m.add_argument("--seed", type=int), m.add_argument("--out-dir")
+    (
+        m.add_argument("--test-size", type=int),
+        m.add_argument("--seed", type=int),
+        m.add_argument("--out-dir"),
+    )
     m.add_argument("--coconut-steps-per-stage", type=int), m.add_argument("--coconut-c", type=int)
     m.add_argument("--d-model", type=int), m.add_argument("--batch-size", type=int)
     m.set_defaults(fn=cmd_demo)
 
-    b = sub.add_parser("build-checkpoints", help="train and store the checkpoints the notebooks start from")
+    b = sub.add_parser(
+        "build-checkpoints", help="train and store the checkpoints the notebooks start from"
+    )
     b.add_argument("--minutes", type=float, default=10.0, help="CoT training wall time")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--methods", default="cot,coconut,latent_sft", help="comma-separated subset to (re)build")
+    b.add_argument(
+        "--methods", default="cot,coconut,latent_sft", help="comma-separated subset to (re)build"
+    )
     b.add_argument("--out", help="folder holding one subfolder per method (default checkpoints/)")
-    b.add_argument("--d-model", type=int, default=128), b.add_argument("--threads", type=int, default=2)
+    (
+        b.add_argument("--d-model", type=int, default=128),
+        b.add_argument("--threads", type=int, default=2),
+    )
     b.set_defaults(fn=cmd_build_checkpoints)
     return p
 

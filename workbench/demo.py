@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.experiment import TrainedModel, default_train_config, prepare_data, train_baseline, train_coconut
+from workbench.experiment import (
+    TrainedModel,
+    default_train_config,
+    prepare_data,
+    train_baseline,
+    train_coconut,
+)
 from workbench.lens.views import trajectory_of, write_standard_report
 from workbench.methods.coconut import CoconutConfig
 from workbench.models.build import ModelConfig
@@ -66,7 +72,9 @@ class DemoConfig:
         if self.coconut_steps_per_stage < 0 or self.coconut_c < 1:
             raise ValueError("DemoConfig.coconut_steps_per_stage must be >= 0 and coconut_c >= 1")
         if self.d_model < 8 or self.d_model % 4:
-            raise ValueError(f"DemoConfig.d_model={self.d_model}: use a multiple of 4 (the default has 4 heads)")
+            raise ValueError(
+                f"DemoConfig.d_model={self.d_model}: use a multiple of 4 (the default has 4 heads)"
+            )
         if self.test_size < 1 or self.train_size < 1:
             raise ValueError("DemoConfig.train_size and test_size must be >= 1")
 
@@ -78,45 +86,90 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
     run = Path(cfg.out_dir) if cfg.out_dir else new_run_dir("demo")
     run.mkdir(parents=True, exist_ok=True)
     print(f"[demo] run folder: {run}")
-    data = prepare_data(cfg.task, train_size=cfg.train_size, val_size=200, test_size=cfg.test_size, seed=cfg.seed)
-    print(f"[demo] {cfg.task}: {len(data.train)} train / {len(data.test)} test; e.g. {data.test[0]}")
+    data = prepare_data(
+        cfg.task, train_size=cfg.train_size, val_size=200, test_size=cfg.test_size, seed=cfg.seed
+    )
+    print(
+        f"[demo] {cfg.task}: {len(data.train)} train / {len(data.test)} test; e.g. {data.test[0]}"
+    )
     model_config = ModelConfig(d_model=cfg.d_model)
     trained, rows, hist = {}, [], {}
 
     def record(tm: TrainedModel, minutes: float) -> None:
         res = tm.evaluate()
         trained[tm.method], hist[tm.method] = tm, tm.history
-        rows.append({**res.summary, "train_steps": tm.meta["train_steps"], "train_minutes": minutes,
-                     "params": tm.meta["params"]})
+        rows.append(
+            {
+                **res.summary,
+                "train_steps": tm.meta["train_steps"],
+                "train_minutes": minutes,
+                "params": tm.meta["params"],
+            }
+        )
         write_table(run / f"predictions_{tm.method}.csv", res.per_example)
         write_table(run / f"history_{tm.method}.csv", tm.history)
-        print(f"[demo] {tm.method}: accuracy {res.summary['accuracy']:.3f}, "
-              f"{res.summary['reasoning_positions']:.1f} reasoning positions")
+        print(
+            f"[demo] {tm.method}: accuracy {res.summary['accuracy']:.3f}, "
+            f"{res.summary['reasoning_positions']:.1f} reasoning positions"
+        )
 
     for mode, minutes in (("cot", cfg.cot_minutes), ("nocot", cfg.nocot_minutes)):
         print(f"[demo] training {mode} for {minutes:g} min")
         tc = demo_train_config(cfg)
-        record(train_baseline(data, mode, model_config=model_config, train_config=tc, seed=cfg.seed,
-                              time_budget_s=60 * minutes), minutes)
+        record(
+            train_baseline(
+                data,
+                mode,
+                model_config=model_config,
+                train_config=tc,
+                seed=cfg.seed,
+                time_budget_s=60 * minutes,
+            ),
+            minutes,
+        )
     if cfg.coconut_steps_per_stage:
-        print(f"[demo] training coconut from the CoT model: c={cfg.coconut_c}, "
-              f"{cfg.coconut_steps_per_stage} steps per stage")
+        print(
+            f"[demo] training coconut from the CoT model: c={cfg.coconut_c}, "
+            f"{cfg.coconut_steps_per_stage} steps per stage"
+        )
         t1 = time.perf_counter()
-        cc = CoconutConfig(c_thought=cfg.coconut_c, steps_per_stage=cfg.coconut_steps_per_stage, seed=cfg.seed)
-        tc = default_train_config(seed=cfg.seed, batch_size=cfg.batch_size, lr=COCONUT_LR, warmup_steps=10,
-                                  eval_every=None)
+        cc = CoconutConfig(
+            c_thought=cfg.coconut_c, steps_per_stage=cfg.coconut_steps_per_stage, seed=cfg.seed
+        )
+        tc = default_train_config(
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            lr=COCONUT_LR,
+            warmup_steps=10,
+            eval_every=None,
+        )
         coconut = train_coconut(data, trained["cot"], coconut=cc, train_config=tc, seed=cfg.seed)
         record(coconut, (time.perf_counter() - t1) / 60)
-        report = _trajectory_report(run / "latent_trajectories.html", coconut, data.test[: cfg.report_examples])
+        report = _trajectory_report(
+            run / "latent_trajectories.html", coconut, data.test[: cfg.report_examples]
+        )
         print(f"[demo] latent-trajectory report: {report}")
     results = pd.DataFrame(rows)
     write_table(run / "results.csv", results)
     write_figure(run / "learning_curves.html", learning_curves(hist, "loss", title="training loss"))
-    write_figure(run / "val_accuracy.html", learning_curves(hist, "eval/accuracy", title="validation accuracy"))
+    write_figure(
+        run / "val_accuracy.html",
+        learning_curves(hist, "eval/accuracy", title="validation accuracy"),
+    )
     write_figure(run / "accuracy_vs_length.html", accuracy_vs_length(results))
-    write_json(run / "metrics.json", {"results": rows, "config": asdict(cfg), "seconds": time.perf_counter() - t0})
-    cols = ["method", "accuracy", "reasoning_positions", "answer_tokens", "forward_passes", "ms_per_example",
-            "train_steps"]
+    write_json(
+        run / "metrics.json",
+        {"results": rows, "config": asdict(cfg), "seconds": time.perf_counter() - t0},
+    )
+    cols = [
+        "method",
+        "accuracy",
+        "reasoning_positions",
+        "answer_tokens",
+        "forward_passes",
+        "ms_per_example",
+        "train_steps",
+    ]
     print("\n" + results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\n[demo] done in {(time.perf_counter() - t0) / 60:.1f} min; results in {run}")
     return results
@@ -129,4 +182,6 @@ def demo_train_config(cfg: DemoConfig) -> TrainConfig:
 
 def _trajectory_report(path: Path, tm: TrainedModel, examples) -> Path:
     """Decode ``tm``'s latents on ``examples`` and write the standard trajectory report."""
-    return write_standard_report(path, {tm.method: trajectory_of(tm, examples)}, tm.method, top_k=10)
+    return write_standard_report(
+        path, {tm.method: trajectory_of(tm, examples)}, tm.method, top_k=10
+    )

@@ -53,8 +53,14 @@ class FeedbackRule(nn.Module):
         return self.name
 
 
-def superpose(logits: torch.Tensor, embedding: torch.Tensor, top_k: int, temperature: float = 1.0,
-              noise: torch.Tensor | None = None, gumbel_tau: float = 1.0) -> Feedback:
+def superpose(
+    logits: torch.Tensor,
+    embedding: torch.Tensor,
+    top_k: int,
+    temperature: float = 1.0,
+    noise: torch.Tensor | None = None,
+    gumbel_tau: float = 1.0,
+) -> Feedback:
     """Top-k superposition ``softmax(topk(logits)/T [+ noise] / tau_g) @ E`` in fp32."""
     k = min(top_k, logits.shape[-1])
     vals, ids = logits.float().topk(k, dim=-1)
@@ -83,8 +89,13 @@ class ProjectedFeedback(FeedbackRule):
     def __init__(self, d_model: int, proj_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         p = proj_dim or d_model
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, p), nn.GELU(), nn.Linear(p, d_model),
-                                 nn.LayerNorm(d_model))
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(d_model, p),
+            nn.GELU(),
+            nn.Linear(p, d_model),
+            nn.LayerNorm(d_model),
+        )
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
         return Feedback(self.net(hidden))
@@ -99,7 +110,9 @@ class SuperpositionFeedback(FeedbackRule):
     def __init__(self, top_k: int = 10, temperature: float = 1.0):
         super().__init__()
         if top_k < 1 or temperature <= 0:
-            raise ValueError(f"superposition needs top_k >= 1 and temperature > 0, got {top_k}, {temperature}")
+            raise ValueError(
+                f"superposition needs top_k >= 1 and temperature > 0, got {top_k}, {temperature}"
+            )
         self.top_k, self.temperature = top_k, temperature
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
@@ -123,18 +136,32 @@ class GumbelFeedback(FeedbackRule):
     needs_logits = True
     stochastic = True
 
-    def __init__(self, top_k: int = 30, temperature: float = 1.0, gumbel_tau: float = 0.5,
-                 noise_scale: float = 1.0):
+    def __init__(
+        self,
+        top_k: int = 30,
+        temperature: float = 1.0,
+        gumbel_tau: float = 0.5,
+        noise_scale: float = 1.0,
+    ):
         super().__init__()
         if top_k < 1 or temperature <= 0 or gumbel_tau <= 0:
-            raise ValueError(f"gumbel needs top_k >= 1, temperature > 0, gumbel_tau > 0; got "
-                             f"{top_k}, {temperature}, {gumbel_tau}")
-        self.top_k, self.temperature, self.gumbel_tau, self.noise_scale = top_k, temperature, gumbel_tau, noise_scale
+            raise ValueError(
+                f"gumbel needs top_k >= 1, temperature > 0, gumbel_tau > 0; got "
+                f"{top_k}, {temperature}, {gumbel_tau}"
+            )
+        self.top_k, self.temperature, self.gumbel_tau, self.noise_scale = (
+            top_k,
+            temperature,
+            gumbel_tau,
+            noise_scale,
+        )
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
         k = min(self.top_k, logits.shape[-1])
         g = gumbel_noise((logits.shape[0], k), generator, logits.device) * self.noise_scale
-        return superpose(logits, embedding, k, self.temperature, noise=g, gumbel_tau=self.gumbel_tau)
+        return superpose(
+            logits, embedding, k, self.temperature, noise=g, gumbel_tau=self.gumbel_tau
+        )
 
     def describe(self) -> str:
         return f"gumbel(k={self.top_k}, tau_g={self.gumbel_tau})"

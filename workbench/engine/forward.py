@@ -50,8 +50,12 @@ def _feed(feedback, h_prev, head, emb_w, generator):
     return feedback(h_prev, logits, emb_w, generator)
 
 
-def latent_forward(model: PreTrainedModel, batch: dict, feedback: FeedbackRule,
-                   generator: torch.Generator | None = None) -> LatentForward:
+def latent_forward(
+    model: PreTrainedModel,
+    batch: dict,
+    feedback: FeedbackRule,
+    generator: torch.Generator | None = None,
+) -> LatentForward:
     """Multi-pass, KV-cached, differentiable forward over a :func:`~workbench.methods.layout.collate` batch."""
     base, head = base_and_head(model)
     emb_layer = model.get_input_embeddings()
@@ -64,8 +68,13 @@ def latent_forward(model: PreTrainedModel, batch: dict, feedback: FeedbackRule,
         return LatentForward(head(out.last_hidden_state), out.last_hidden_state)
     c0 = int(batch["latent_start"])
     cache = DynamicCache()
-    out = base(inputs_embeds=embeds[:, :c0], attention_mask=mask[:, :c0], position_ids=pos[:, :c0],
-               past_key_values=cache, use_cache=True)
+    out = base(
+        inputs_embeds=embeds[:, :c0],
+        attention_mask=mask[:, :c0],
+        position_ids=pos[:, :c0],
+        past_key_values=cache,
+        use_cache=True,
+    )
     hidden = [out.last_hidden_state]
     h_prev = out.last_hidden_state[:, -1]
     wid, wp, fed = [], [], []
@@ -76,45 +85,80 @@ def latent_forward(model: PreTrainedModel, batch: dict, feedback: FeedbackRule,
         fed.append(fb.embeds)
         if fb.ids is not None:
             wid.append(fb.ids), wp.append(fb.probs)
-        out = base(inputs_embeds=x[:, None], attention_mask=mask[:, : col + 1], position_ids=pos[:, col : col + 1],
-                   past_key_values=cache, use_cache=True)
+        out = base(
+            inputs_embeds=x[:, None],
+            attention_mask=mask[:, : col + 1],
+            position_ids=pos[:, col : col + 1],
+            past_key_values=cache,
+            use_cache=True,
+        )
         hidden.append(out.last_hidden_state)
         h_prev = out.last_hidden_state[:, -1]
     if c0 + n < ids.shape[1]:
-        out = base(inputs_embeds=embeds[:, c0 + n :], attention_mask=mask, position_ids=pos[:, c0 + n :],
-                   past_key_values=cache, use_cache=True)
+        out = base(
+            inputs_embeds=embeds[:, c0 + n :],
+            attention_mask=mask,
+            position_ids=pos[:, c0 + n :],
+            past_key_values=cache,
+            use_cache=True,
+        )
         hidden.append(out.last_hidden_state)
     h = torch.cat(hidden, 1)
-    return LatentForward(head(h), h, torch.stack(wid, 1) if wid else None, torch.stack(wp, 1) if wp else None,
-                         torch.stack(fed, 1))
+    return LatentForward(
+        head(h),
+        h,
+        torch.stack(wid, 1) if wid else None,
+        torch.stack(wp, 1) if wp else None,
+        torch.stack(fed, 1),
+    )
 
 
-def naive_latent_forward(model: PreTrainedModel, batch: dict, feedback: FeedbackRule,
-                         generator: torch.Generator | None = None) -> LatentForward:
+def naive_latent_forward(
+    model: PreTrainedModel,
+    batch: dict,
+    feedback: FeedbackRule,
+    generator: torch.Generator | None = None,
+) -> LatentForward:
     """Reference: recompute the whole sequence once per latent column, no cache."""
     base, head = base_and_head(model)
     emb_layer = model.get_input_embeddings()
-    ids, mask, pos, lat = batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["latent_mask"]
+    ids, mask, pos, lat = (
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["position_ids"],
+        batch["latent_mask"],
+    )
     embeds = emb_layer(ids)
     n = int(batch["n_latent"].max()) if lat.any() else 0
     c0 = int(batch["latent_start"]) if n else 0
     wid, wp, fed = [], [], []
     for i in range(n):
         col = c0 + i
-        h = base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        h = base(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state
         fb = _feed(feedback, h[:, col - 1], head, emb_layer.weight, generator)
         x = torch.where(lat[:, col, None], fb.embeds.to(embeds.dtype), embeds[:, col])
         embeds = torch.cat([embeds[:, :col], x[:, None], embeds[:, col + 1 :]], 1)
         fed.append(fb.embeds)
         if fb.ids is not None:
             wid.append(fb.ids), wp.append(fb.probs)
-    h = base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-    return LatentForward(head(h), h, torch.stack(wid, 1) if wid else None, torch.stack(wp, 1) if wp else None,
-                         torch.stack(fed, 1) if fed else None)
+    h = base(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
+    ).last_hidden_state
+    return LatentForward(
+        head(h),
+        h,
+        torch.stack(wid, 1) if wid else None,
+        torch.stack(wp, 1) if wp else None,
+        torch.stack(fed, 1) if fed else None,
+    )
 
 
 def shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token-mean next-token cross-entropy, ignoring -100 labels."""
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
     )

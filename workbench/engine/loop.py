@@ -53,7 +53,9 @@ def base_and_head(model: PreTrainedModel):
     base = model.base_model
     head = model.get_output_embeddings()
     if base is model or head is None:
-        raise TypeError(f"{type(model).__name__} does not look like an HF causal LM with a base model and LM head")
+        raise TypeError(
+            f"{type(model).__name__} does not look like an HF causal LM with a base model and LM head"
+        )
     return base, head
 
 
@@ -97,7 +99,9 @@ def run_latent(
     B = input_ids.shape[0]
     mask = attention_mask.long()
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    limit = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
     if limit is not None and int(pos.max()) + 2 + max_latent_steps + max_new_tokens > limit:
         raise ValueError(
             f"prompt ({int(pos.max()) + 1}) + max_latent_steps ({max_latent_steps}) + max_new_tokens "
@@ -110,19 +114,34 @@ def run_latent(
         nonlocal mask
         act = torch.ones(B, dtype=torch.bool, device=dev) if active is None else active
         mask = torch.cat([mask, act.long()[:, None]], 1)
-        out = base(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, position_ids=next_pos[:, None],
-                   past_key_values=cache, use_cache=True, output_hidden_states=record_hidden)
+        out = base(
+            input_ids=ids,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=record_hidden,
+        )
         return out, act
 
-    out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-               output_hidden_states=record_hidden)
+    out = base(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+        output_hidden_states=record_hidden,
+    )
     h = out.last_hidden_state[:, -1]
     hs = torch.stack([x[:, -1] for x in out.hidden_states], 1) if record_hidden else None
     next_pos = pos[:, -1] + 1
 
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     n_latent = torch.zeros(B, dtype=torch.long, device=dev)
-    rec: dict[str, list] = {k: [] for k in ("ids", "probs", "ent", "stop", "fed", "emb", "wid", "wp", "hs", "logits")}
+    rec: dict[str, list] = {
+        k: [] for k in ("ids", "probs", "ent", "stop", "fed", "emb", "wid", "wp", "hs", "logits")
+    }
     stop.reset(B, dev)
     for t in range(max_latent_steps + 1):
         logits = head(h).float()
@@ -139,7 +158,10 @@ def run_latent(
             rec["fed"].append(torch.zeros_like(finished))
             rec["emb"].append(torch.zeros_like(h))
             if rec["wid"]:
-                rec["wid"].append(torch.zeros_like(rec["wid"][-1])), rec["wp"].append(torch.zeros_like(rec["wp"][-1]))
+                (
+                    rec["wid"].append(torch.zeros_like(rec["wid"][-1])),
+                    rec["wp"].append(torch.zeros_like(rec["wp"][-1])),
+                )
             break
         active = ~finished
         fb = feedback(h, logits if feedback.needs_logits else None, emb_w, generator)
@@ -150,7 +172,9 @@ def run_latent(
         out, _ = step(embeds=e[:, None], active=active)
         h = torch.where(active[:, None], out.last_hidden_state[:, -1], h)
         if record_hidden:
-            hs = torch.where(active[:, None, None], torch.stack([x[:, -1] for x in out.hidden_states], 1), hs)
+            hs = torch.where(
+                active[:, None, None], torch.stack([x[:, -1] for x in out.hidden_states], 1), hs
+            )
         next_pos = next_pos + active
         n_latent += active
         nfp += active
@@ -181,9 +205,20 @@ def run_latent(
 
     st = lambda k: torch.stack(rec[k], 1).cpu() if rec[k] else None  # noqa: E731
     trace = Trace(
-        prompt_ids=input_ids.cpu(), prompt_mask=attention_mask.cpu(), fed=st("fed"), embeds=st("emb").float(),
-        topk_ids=st("ids"), topk_probs=st("probs"), entropy=st("ent"), stop=st("stop"), n_latent=n_latent.cpu(),
-        weight_ids=st("wid"), weight_probs=st("wp"), hidden_states=st("hs"), logits=st("logits"),
-        feedback=feedback.describe(), stop_rule=stop.describe(),
+        prompt_ids=input_ids.cpu(),
+        prompt_mask=attention_mask.cpu(),
+        fed=st("fed"),
+        embeds=st("emb").float(),
+        topk_ids=st("ids"),
+        topk_probs=st("probs"),
+        entropy=st("ent"),
+        stop=st("stop"),
+        n_latent=n_latent.cpu(),
+        weight_ids=st("wid"),
+        weight_probs=st("wp"),
+        hidden_states=st("hs"),
+        logits=st("logits"),
+        feedback=feedback.describe(),
+        stop_rule=stop.describe(),
     )
     return EngineOutput(trace, generated.cpu(), n_gen.cpu(), nfp.cpu(), time.perf_counter() - t0)

@@ -25,7 +25,9 @@ class StopRule:
     def reset(self, batch_size: int, device) -> None:
         """Called before a run; stateless rules ignore it."""
 
-    def __call__(self, t: int, hidden: torch.Tensor, logits: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, t: int, hidden: torch.Tensor, logits: torch.Tensor, entropy: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
     def describe(self) -> str:

@@ -52,18 +52,28 @@ class Trace:
     def num_steps(self) -> int:
         return self.fed.shape[1]
 
-    def select(self, index) -> "Trace":
+    def select(self, index) -> Trace:
         """The trace of a subset of examples (an index, slice, list or bool mask)."""
         if isinstance(index, int):
             index = [index]
         pick = lambda x: None if x is None else x[index]  # noqa: E731
         return Trace(
-            prompt_ids=pick(self.prompt_ids), prompt_mask=pick(self.prompt_mask), fed=pick(self.fed),
-            embeds=pick(self.embeds), topk_ids=pick(self.topk_ids), topk_probs=pick(self.topk_probs),
-            entropy=pick(self.entropy), stop=pick(self.stop), n_latent=pick(self.n_latent),
-            weight_ids=pick(self.weight_ids), weight_probs=pick(self.weight_probs),
-            hidden_states=pick(self.hidden_states), logits=pick(self.logits), feedback=self.feedback,
-            stop_rule=self.stop_rule, meta=dict(self.meta),
+            prompt_ids=pick(self.prompt_ids),
+            prompt_mask=pick(self.prompt_mask),
+            fed=pick(self.fed),
+            embeds=pick(self.embeds),
+            topk_ids=pick(self.topk_ids),
+            topk_probs=pick(self.topk_probs),
+            entropy=pick(self.entropy),
+            stop=pick(self.stop),
+            n_latent=pick(self.n_latent),
+            weight_ids=pick(self.weight_ids),
+            weight_probs=pick(self.weight_probs),
+            hidden_states=pick(self.hidden_states),
+            logits=pick(self.logits),
+            feedback=self.feedback,
+            stop_rule=self.stop_rule,
+            meta=dict(self.meta),
         )
 
     def topk_table(self, tokenizer, example: int = 0, k: int = 5):
@@ -72,14 +82,24 @@ class Trace:
 
         rows = []
         for t in range(self.num_steps):
-            ids, ps = self.topk_ids[example, t, :k].tolist(), self.topk_probs[example, t, :k].tolist()
-            rows.append({"step": t, "fed_latent": bool(self.fed[example, t]), "entropy": float(self.entropy[example, t]),
-                         "top_tokens": "  ".join(f"{tokenizer.convert_ids_to_tokens(i)!s}:{p:.2f}"
-                                                 for i, p in zip(ids, ps))})
+            ids, ps = (
+                self.topk_ids[example, t, :k].tolist(),
+                self.topk_probs[example, t, :k].tolist(),
+            )
+            rows.append(
+                {
+                    "step": t,
+                    "fed_latent": bool(self.fed[example, t]),
+                    "entropy": float(self.entropy[example, t]),
+                    "top_tokens": "  ".join(
+                        f"{tokenizer.convert_ids_to_tokens(i)!s}:{p:.2f}" for i, p in zip(ids, ps)
+                    ),
+                }
+            )
         return pd.DataFrame(rows)
 
     @staticmethod
-    def concat(traces: list["Trace"], pad_id: int = 0) -> "Trace":
+    def concat(traces: list[Trace], pad_id: int = 0) -> Trace:
         """Join traces of several batches (steps and prompt widths padded)."""
         S = max(t.num_steps for t in traces)
         P = max(t.prompt_ids.shape[1] for t in traces)
@@ -100,10 +120,20 @@ class Trace:
             return torch.cat(out, 0)
 
         return Trace(
-            prompt_ids=cat("prompt_ids", pad_id, left=True, width=P), prompt_mask=cat("prompt_mask", 0, True, P),
-            fed=cat("fed", False), embeds=cat("embeds"), topk_ids=cat("topk_ids"), topk_probs=cat("topk_probs"),
-            entropy=cat("entropy"), stop=cat("stop", False), n_latent=torch.cat([t.n_latent for t in traces]),
-            weight_ids=cat("weight_ids"), weight_probs=cat("weight_probs"), hidden_states=cat("hidden_states"),
-            logits=cat("logits"), feedback=traces[0].feedback, stop_rule=traces[0].stop_rule,
+            prompt_ids=cat("prompt_ids", pad_id, left=True, width=P),
+            prompt_mask=cat("prompt_mask", 0, True, P),
+            fed=cat("fed", False),
+            embeds=cat("embeds"),
+            topk_ids=cat("topk_ids"),
+            topk_probs=cat("topk_probs"),
+            entropy=cat("entropy"),
+            stop=cat("stop", False),
+            n_latent=torch.cat([t.n_latent for t in traces]),
+            weight_ids=cat("weight_ids"),
+            weight_probs=cat("weight_probs"),
+            hidden_states=cat("hidden_states"),
+            logits=cat("logits"),
+            feedback=traces[0].feedback,
+            stop_rule=traces[0].stop_rule,
             meta=dict(traces[0].meta),
         )

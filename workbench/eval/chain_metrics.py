@@ -83,8 +83,13 @@ def equal_segments(ids: Sequence[int], T: int) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------
 
 
-def effective_compression_rate(trace_topk_ids: torch.Tensor, trace_fed: torch.Tensor,
-                               aligned_segments: Sequence[Sequence[Sequence[int]]], K: int, r: float) -> dict:
+def effective_compression_rate(
+    trace_topk_ids: torch.Tensor,
+    trace_fed: torch.Tensor,
+    aligned_segments: Sequence[Sequence[Sequence[int]]],
+    K: int,
+    r: float,
+) -> dict:
     """ECR@K (module docstring): ``r`` x the mean fraction of aligned-segment tokens in latent i's top-K.
 
     ``trace_topk_ids`` [B, S, k>=K] (sorted by probability, as the engine records them) and
@@ -99,8 +104,10 @@ def effective_compression_rate(trace_topk_ids: torch.Tensor, trace_fed: torch.Te
     ids = torch.as_tensor(trace_topk_ids)
     fed = torch.as_tensor(trace_fed).bool()
     if ids.dim() != 3 or fed.shape != ids.shape[:2]:
-        raise ValueError(f"trace_topk_ids must be [B, S, k] and trace_fed [B, S]; got {tuple(ids.shape)}, "
-                         f"{tuple(fed.shape)}")
+        raise ValueError(
+            f"trace_topk_ids must be [B, S, k] and trace_fed [B, S]; got {tuple(ids.shape)}, "
+            f"{tuple(fed.shape)}"
+        )
     if not 1 <= K <= ids.shape[2]:
         raise ValueError(f"K={K} must be in [1, {ids.shape[2]}] (the recorded top-k)")
     if len(aligned_segments) != ids.shape[0]:
@@ -121,9 +128,16 @@ def effective_compression_rate(trace_topk_ids: torch.Tensor, trace_fed: torch.Te
         per_example.append(float(np.mean(fracs)) if fracs else float("nan"))
     scored = [f for f in per_example if not math.isnan(f)]
     hit = float(np.mean(scored)) if scored else float("nan")
-    return {"ecr": hit * r, "K": K, "r": r, "hit_fraction": hit, "pairs": pairs, "examples": len(scored),
-            "segment_coverage": covered / total_segments if total_segments else float("nan"),
-            "per_example": per_example}
+    return {
+        "ecr": hit * r,
+        "K": K,
+        "r": r,
+        "hit_fraction": hit,
+        "pairs": pairs,
+        "examples": len(scored),
+        "segment_coverage": covered / total_segments if total_segments else float("nan"),
+        "per_example": per_example,
+    }
 
 
 def trace_rows_to_examples(trace) -> list[int]:
@@ -132,8 +146,16 @@ def trace_rows_to_examples(trace) -> list[int]:
     return list(trace.meta.get("example_index", range(trace.fed.shape[0])))
 
 
-def ecr_from_trace(trace, texs: Sequence[TokenizedExample], *, K: int, r: int, mode: str = "fixed_rate",
-                   c: int = 1, use_fed_weights: bool = False) -> dict:
+def ecr_from_trace(
+    trace,
+    texs: Sequence[TokenizedExample],
+    *,
+    K: int,
+    r: int,
+    mode: str = "fixed_rate",
+    c: int = 1,
+    use_fed_weights: bool = False,
+) -> dict:
     """ECR@K of an engine trace (``evaluate(..., record_trace=True)``) against ``texs`` (in example order).
 
     ``mode='fixed_rate'`` aligns with ``r``-token CoT segments (Latent-SFT); ``mode='by_step'``
@@ -149,7 +171,9 @@ def ecr_from_trace(trace, texs: Sequence[TokenizedExample], *, K: int, r: int, m
         raise ValueError(f"mode must be 'fixed_rate' or 'by_step', got {mode!r}")
     ids = trace.weight_ids if use_fed_weights else trace.topk_ids
     if ids is None:
-        raise ValueError("the trace has no weight_ids (not a vocabulary feedback rule); use use_fed_weights=False")
+        raise ValueError(
+            "the trace has no weight_ids (not a vocabulary feedback rule); use use_fed_weights=False"
+        )
     return effective_compression_rate(ids, trace.fed, segs, K, r)
 
 
@@ -187,28 +211,45 @@ def greedy_assignment(candidates: torch.Tensor, references: torch.Tensor) -> lis
         d = dist[t].masked_fill(used, float("inf"))
         s = int(d.argmin())
         if torch.isinf(d[s]):
-            raise ValueError(f"more candidates ({c.shape[0]}) than reference latents ({r.shape[0]})")
+            raise ValueError(
+                f"more candidates ({c.shape[0]}) than reference latents ({r.shape[0]})"
+            )
         used[s] = True
         out.append(s)
     return out
 
 
-def path_score(cand_ids: torch.Tensor, cand_probs: torch.Tensor, segments: Sequence[Sequence[int]],
-               assignment: Sequence[int], eps: float = 1e-6) -> float:
+def path_score(
+    cand_ids: torch.Tensor,
+    cand_probs: torch.Tensor,
+    segments: Sequence[Sequence[int]],
+    assignment: Sequence[int],
+    eps: float = 1e-6,
+) -> float:
     """``(1/T) sum_t log(sum_{v in S_{sigma(t)} cap Top(p_t)} p_t(v) + eps)`` (RESEARCH 1.5 step 5)."""
     total = 0.0
     T = cand_ids.shape[0]
     for t in range(T):
         seg = set(segments[assignment[t]])
-        mass = sum(float(p) for v, p in zip(cand_ids[t].tolist(), cand_probs[t].tolist()) if v in seg)
+        mass = sum(
+            float(p) for v, p in zip(cand_ids[t].tolist(), cand_probs[t].tolist()) if v in seg
+        )
         total += math.log(mass + eps)
     return total / T
 
 
-def effective_global_parallelism(candidate_embeds: torch.Tensor, candidate_ids: torch.Tensor,
-                                 candidate_probs: torch.Tensor, reference_embeds: Sequence[torch.Tensor],
-                                 path_segments: Sequence[Sequence[Sequence[int]]], *, tau: float = 1.0,
-                                 eps: float = 1e-6, n_random: int = 64, seed: int = 0) -> dict:
+def effective_global_parallelism(
+    candidate_embeds: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    candidate_probs: torch.Tensor,
+    reference_embeds: Sequence[torch.Tensor],
+    path_segments: Sequence[Sequence[Sequence[int]]],
+    *,
+    tau: float = 1.0,
+    eps: float = 1e-6,
+    n_random: int = 64,
+    seed: int = 0,
+) -> dict:
     """N_eff of one question (RESEARCH 1.5 steps 3-8).
 
     ``candidate_embeds`` [T, d], ``candidate_ids``/``candidate_probs`` [T, k] (top-100 of p_t);
@@ -219,32 +260,66 @@ def effective_global_parallelism(candidate_embeds: torch.Tensor, candidate_ids: 
     T = candidate_embeds.shape[0]
     M = len(reference_embeds)
     if M == 0 or len(path_segments) != M:
-        raise ValueError(f"need >= 1 path with as many segment lists as reference latents; got {M} and "
-                         f"{len(path_segments)}")
+        raise ValueError(
+            f"need >= 1 path with as many segment lists as reference latents; got {M} and "
+            f"{len(path_segments)}"
+        )
     if T == 0:
         raise ValueError("no candidate latents (T = 0): N_eff is undefined")
     for m in range(M):
         if reference_embeds[m].shape[0] != len(path_segments[m]) or len(path_segments[m]) < T:
-            raise ValueError(f"path {m}: {reference_embeds[m].shape[0]} reference latents, "
-                             f"{len(path_segments[m])} segments, {T} candidates; need equal counts >= T")
+            raise ValueError(
+                f"path {m}: {reference_embeds[m].shape[0]} reference latents, "
+                f"{len(path_segments[m])} segments, {T} candidates; need equal counts >= T"
+            )
     assignments = [greedy_assignment(candidate_embeds, reference_embeds[m]) for m in range(M)]
-    scores = [path_score(candidate_ids, candidate_probs, path_segments[m], assignments[m], eps) for m in range(M)]
+    scores = [
+        path_score(candidate_ids, candidate_probs, path_segments[m], assignments[m], eps)
+        for m in range(M)
+    ]
     n_eff = n_eff_from_scores(scores, tau)
     g = torch.Generator().manual_seed(seed)
     naive = []
     for _ in range(n_random):
-        rs = [path_score(candidate_ids, candidate_probs, path_segments[m],
-                         torch.randperm(len(path_segments[m]), generator=g)[:T].tolist(), eps) for m in range(M)]
+        rs = [
+            path_score(
+                candidate_ids,
+                candidate_probs,
+                path_segments[m],
+                torch.randperm(len(path_segments[m]), generator=g)[:T].tolist(),
+                eps,
+            )
+            for m in range(M)
+        ]
         naive.append(n_eff_from_scores(rs, tau))
     n_naive = float(np.mean(naive))
     pi = torch.softmax(torch.tensor(scores, dtype=torch.float64) / tau, 0).tolist()
-    return {"n_eff": n_eff, "n_eff_naive": n_naive, "ratio": n_eff / n_naive, "scores": scores, "pi": pi,
-            "assignments": assignments, "M": M, "T": T}
+    return {
+        "n_eff": n_eff,
+        "n_eff_naive": n_naive,
+        "ratio": n_eff / n_naive,
+        "scores": scores,
+        "pi": pi,
+        "assignments": assignments,
+        "M": M,
+        "T": T,
+    }
 
 
-def latent_sft_parallelism(model, encoder, tokenizer, examples, config=None, *, tau: float = 1.0,
-                           eps: float = 1e-6, n_random: int = 64, top_k: int = 100, seed: int = 0,
-                           batch_size: int = 256) -> tuple[pd.DataFrame, dict]:
+def latent_sft_parallelism(
+    model,
+    encoder,
+    tokenizer,
+    examples,
+    config=None,
+    *,
+    tau: float = 1.0,
+    eps: float = 1e-6,
+    n_random: int = 64,
+    top_k: int = 100,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[pd.DataFrame, dict]:
     """N_eff of a Latent-SFT stage-2 ``model`` on multiplication ``examples`` (M = 2 paths: a*b, b*a).
 
     Runs the model with the Latent-SFT spec (recording the top-``top_k`` read distributions and
@@ -259,15 +334,27 @@ def latent_sft_parallelism(model, encoder, tokenizer, examples, config=None, *, 
 
     config = config or LatentSFTConfig()
     examples = [dict(e) for e in examples]
-    res = evaluate(model, tokenizer, examples, spec=latent_sft_spec(tokenizer, config), record_trace=True,
-                   top_k=top_k, batch_size=batch_size)
+    res = evaluate(
+        model,
+        tokenizer,
+        examples,
+        spec=latent_sft_spec(tokenizer, config),
+        record_trace=True,
+        top_k=top_k,
+        batch_size=batch_size,
+    )
     trace = res.trace
     order = trace_rows_to_examples(trace)
     swapped = []
     for e in examples:
         a, b = multiplication.parse_question(e["question"])
-        swapped.append({"question": e["question"], "steps": multiplication.make_example(b, a)["steps"],
-                        "answer": e["answer"]})
+        swapped.append(
+            {
+                "question": e["question"],
+                "steps": multiplication.make_example(b, a)["steps"],
+                "answer": e["answer"],
+            }
+        )
     texs = tokenize_examples(examples, tokenizer)
     texs_sw = tokenize_examples(swapped, tokenizer)
     rows, jobs = [], []
@@ -280,20 +367,50 @@ def latent_sft_parallelism(model, encoder, tokenizer, examples, config=None, *, 
     for path_texs in (texs, texs_sw):
         sel = [path_texs[i] for _, i, _ in jobs]
         segs = [equal_segments(t.reasoning(), T) for t, (_, _, T) in zip(sel, jobs)]
-        fbs = encode_examples(encoder, E, tokenizer, sel, top_k=config.top_k, temperature=config.temperature,
-                              segments=segs, batch_size=batch_size)
+        fbs = encode_examples(
+            encoder,
+            E,
+            tokenizer,
+            sel,
+            top_k=config.top_k,
+            temperature=config.temperature,
+            segments=segs,
+            batch_size=batch_size,
+        )
         refs.append((segs, fbs))
     for j, (row, i, T) in enumerate(jobs):
         cand = trace.embeds[row, :T]
         out = effective_global_parallelism(
-            cand, trace.topk_ids[row, :T], trace.topk_probs[row, :T], [refs[m][1][j].embeds for m in range(2)],
-            [refs[m][0][j] for m in range(2)], tau=tau, eps=eps, n_random=n_random, seed=seed + j)
-        rows.append({"index": i, "question": examples[i]["question"], "latent_steps": T, "n_eff": out["n_eff"],
-                     "n_eff_naive": out["n_eff_naive"], "ratio": out["ratio"], "score_ab": out["scores"][0],
-                     "score_ba": out["scores"][1]})
+            cand,
+            trace.topk_ids[row, :T],
+            trace.topk_probs[row, :T],
+            [refs[m][1][j].embeds for m in range(2)],
+            [refs[m][0][j] for m in range(2)],
+            tau=tau,
+            eps=eps,
+            n_random=n_random,
+            seed=seed + j,
+        )
+        rows.append(
+            {
+                "index": i,
+                "question": examples[i]["question"],
+                "latent_steps": T,
+                "n_eff": out["n_eff"],
+                "n_eff_naive": out["n_eff_naive"],
+                "ratio": out["ratio"],
+                "score_ab": out["scores"][0],
+                "score_ba": out["scores"][1],
+            }
+        )
     df = pd.DataFrame(rows)
-    summary = {"n_eff": float(df["n_eff"].mean()) if len(df) else float("nan"),
-               "n_eff_naive": float(df["n_eff_naive"].mean()) if len(df) else float("nan"),
-               "ratio": float(df["ratio"].mean()) if len(df) else float("nan"), "questions": len(df), "M": 2,
-               "tau": tau, "top_k": top_k}
+    summary = {
+        "n_eff": float(df["n_eff"].mean()) if len(df) else float("nan"),
+        "n_eff_naive": float(df["n_eff_naive"].mean()) if len(df) else float("nan"),
+        "ratio": float(df["ratio"].mean()) if len(df) else float("nan"),
+        "questions": len(df),
+        "M": 2,
+        "tau": tau,
+        "top_k": top_k,
+    }
     return df, summary

@@ -106,7 +106,9 @@ def evaluate(
     texs = tokenize_examples(examples, tokenizer)
     append_eot = spec.append_eot if spec is not None else False
     if max_new_tokens is None:
-        longest = max(len(t.answer) + (0 if spec is not None else len(t.reasoning()) + 1) for t in texs)
+        longest = max(
+            len(t.answer) + (0 if spec is not None else len(t.reasoning()) + 1) for t in texs
+        )
         max_new_tokens = longest + 8
     was_training = model.training
     model.eval()
@@ -122,10 +124,18 @@ def evaluate(
         idx = order[s : s + batch_size]
         batch = pad_prompts([prompt_ids(texs[i], sp) for i in idx], sp.pad)
         out = run_latent(
-            model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), sp,
-            feedback=spec.feedback if spec else None, stop=spec.stop if spec else None,
-            max_latent_steps=spec.max_latent_steps if spec else 0, max_new_tokens=max_new_tokens,
-            append_eot=append_eot, top_k=top_k, record_hidden=record_hidden, generator=gen,
+            model,
+            batch["input_ids"].to(dev),
+            batch["attention_mask"].to(dev),
+            sp,
+            feedback=spec.feedback if spec else None,
+            stop=spec.stop if spec else None,
+            max_latent_steps=spec.max_latent_steps if spec else 0,
+            max_new_tokens=max_new_tokens,
+            append_eot=append_eot,
+            top_k=top_k,
+            record_hidden=record_hidden,
+            generator=gen,
         )
         seconds += out.seconds
         if record_trace:

@@ -1365,12 +1365,18 @@ class LatentTrajectory:
             if self.num_examples > 1:
                 # control: the same latents scored against ANOTHER example's CoT segments. Digits
                 # are likely in any arithmetic latent; only a gap to this control shows alignment.
-                rolled = replace(self, aligned_targets=self.aligned_targets[1:] + self.aligned_targets[:1])
+                rolled = replace(
+                    self, aligned_targets=self.aligned_targets[1:] + self.aligned_targets[:1]
+                )
                 rc = np.where(fed, rolled.target_rank().values, np.nan)
                 pc = np.where(fed, rolled.target_probability().values, np.nan)
                 with _quiet():
-                    out["control_mean_target_rank"] = float(np.nanmean(rc)) if np.isfinite(rc).any() else None
-                    out["control_mean_target_prob"] = float(np.nanmean(pc)) if np.isfinite(pc).any() else None
+                    out["control_mean_target_rank"] = (
+                        float(np.nanmean(rc)) if np.isfinite(rc).any() else None
+                    )
+                    out["control_mean_target_prob"] = (
+                        float(np.nanmean(pc)) if np.isfinite(pc).any() else None
+                    )
         if self.answer_ids is not None:
             c = self.collapse_step(threshold, criterion).numpy()
             out["collapse_criterion"] = (

@@ -45,14 +45,18 @@ def trajectory_figures(
         raise KeyError(f"method={method!r} is not among the trajectories {sorted(trajectories)}")
     traj = trajectories[method]
     if not 0 <= example < traj.num_examples:
-        raise IndexError(f"example={example} is out of range: the trajectory has {traj.num_examples} examples")
+        raise IndexError(
+            f"example={example} is out of range: the trajectory has {traj.num_examples} examples"
+        )
     return {
         "Top-k tokens per latent step": traj.top_k(top_k).figure(example),
         "Logit lens: entropy": traj.layer_entropy().figure(example),
         "Logit lens: CoT-target probability": traj.layer_target_probability().figure(example),
         "Superposition": traj.superposition().figure(example),
         "CoT-target rank per latent": traj.target_rank().figure(),
-        "Methods compared": compare_trajectories(trajectories, example=example, statistic="answer_probability"),
+        "Methods compared": compare_trajectories(
+            trajectories, example=example, statistic="answer_probability"
+        ),
         "Projection": project_latents(trajectories, method=projection, color_by="step").figure(),
     }
 
@@ -69,6 +73,13 @@ def write_standard_report(
     tables: Mapping | None = None,
 ) -> Path:
     """Write :func:`trajectory_figures` and the per-step summary as one offline HTML file."""
-    figures = trajectory_figures(trajectories, method, top_k=top_k, example=example, projection=projection)
-    all_tables = {"Per-step summary": trajectories[method].summary(threshold=collapse_threshold), **(tables or {})}
-    return write_trajectory_report(path, figures, title=f"Latent trajectories: {method}", tables=all_tables)
+    figures = trajectory_figures(
+        trajectories, method, top_k=top_k, example=example, projection=projection
+    )
+    all_tables = {
+        "Per-step summary": trajectories[method].summary(threshold=collapse_threshold),
+        **(tables or {}),
+    }
+    return write_trajectory_report(
+        path, figures, title=f"Latent trajectories: {method}", tables=all_tables
+    )

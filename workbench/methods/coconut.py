@@ -66,11 +66,15 @@ class CoconutConfig:
         if self.c_thought < 1:
             raise ValueError(f"CoconutConfig.c_thought must be >= 1, got {self.c_thought}")
         if self.max_latent_stage < 1:
-            raise ValueError(f"CoconutConfig.max_latent_stage must be >= 1, got {self.max_latent_stage}")
+            raise ValueError(
+                f"CoconutConfig.max_latent_stage must be >= 1, got {self.max_latent_stage}"
+            )
         if self.steps_per_stage < 0 or self.cot_steps < 0:
             raise ValueError("CoconutConfig.steps_per_stage and cot_steps must be >= 0")
         if not 0.0 <= self.uniform_prob <= 1.0:
-            raise ValueError(f"CoconutConfig.uniform_prob must be in [0, 1], got {self.uniform_prob}")
+            raise ValueError(
+                f"CoconutConfig.uniform_prob must be in [0, 1], got {self.uniform_prob}"
+            )
 
     @property
     def n_latent(self) -> int:
@@ -78,13 +82,20 @@ class CoconutConfig:
         return self.max_latent_stage * self.c_thought
 
     def make_feedback(self, d_model: int) -> FeedbackRule:
-        return make_feedback(self.feedback, d_model=d_model) if self.feedback == "projected" else make_feedback(
-            self.feedback)
+        return (
+            make_feedback(self.feedback, d_model=d_model)
+            if self.feedback == "projected"
+            else make_feedback(self.feedback)
+        )
 
     def inference_spec(self, feedback: FeedbackRule | None = None) -> LatentSpec:
         """The final-stage spec: exactly ``max_latent_stage * c`` thoughts, then a forced ``<eot>``."""
-        return LatentSpec(feedback=feedback, stop=FixedSteps(self.n_latent), max_latent_steps=self.n_latent,
-                          append_eot=True)
+        return LatentSpec(
+            feedback=feedback,
+            stop=FixedSteps(self.n_latent),
+            max_latent_steps=self.n_latent,
+            append_eot=True,
+        )
 
 
 def stage_layout(tex: TokenizedExample, stage: int, cfg: CoconutConfig) -> tuple[int, int]:

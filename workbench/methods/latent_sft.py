@@ -119,8 +119,16 @@ SOFT_LABEL_VERSION = 1
 SOFT_LABEL_TENSORS = "soft_labels.safetensors"
 SOFT_LABEL_META = "soft_labels.json"
 # Meta keys that must match for a cache to be reused (the rest is informative).
-_CACHE_KEYS = ("format", "version", "n_examples", "vocab_size", "top_k", "compression_rate", "temperature",
-               "examples_sha1")
+_CACHE_KEYS = (
+    "format",
+    "version",
+    "n_examples",
+    "vocab_size",
+    "top_k",
+    "compression_rate",
+    "temperature",
+    "examples_sha1",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +241,9 @@ class LatentSFTConfig:
     def __post_init__(self) -> None:
         def check(name, ok, allowed):
             if not ok:
-                raise ConfigError(f"LatentSFTConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"LatentSFTConfig.{name} must be {allowed}, got {getattr(self, name)!r}"
+                )
 
         def is_int(v):
             return isinstance(v, int) and not isinstance(v, bool)
@@ -241,31 +251,61 @@ class LatentSFTConfig:
         def is_num(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-        for name, lo in (("compression_rate", 1), ("top_k", 1), ("encoder_steps", 0), ("decoder_steps", 0),
-                         ("union_steps", 0), ("stage2_steps", 0), ("warmup_steps", 0), ("batch_size", 1),
-                         ("cache_batch_size", 1), ("gumbel_max_rejections", 0), ("max_latent_steps", 1),
-                         ("eval_size", 1), ("log_every", 1), ("seed", 0)):
+        for name, lo in (
+            ("compression_rate", 1),
+            ("top_k", 1),
+            ("encoder_steps", 0),
+            ("decoder_steps", 0),
+            ("union_steps", 0),
+            ("stage2_steps", 0),
+            ("warmup_steps", 0),
+            ("batch_size", 1),
+            ("cache_batch_size", 1),
+            ("gumbel_max_rejections", 0),
+            ("max_latent_steps", 1),
+            ("eval_size", 1),
+            ("log_every", 1),
+            ("seed", 0),
+        ):
             v = getattr(self, name)
             check(name, is_int(v) and v >= lo, f"an integer >= {lo}")
         for name in ("stage2_batch_size", "eval_every"):
             v = getattr(self, name)
             check(name, v is None or (is_int(v) and v >= 1), "None or an integer >= 1")
-        for name in ("temperature", "encoder_lr", "decoder_lr", "union_lr", "stage2_lr", "gumbel_tau"):
+        for name in (
+            "temperature",
+            "encoder_lr",
+            "decoder_lr",
+            "union_lr",
+            "stage2_lr",
+            "gumbel_tau",
+        ):
             v = getattr(self, name)
             check(name, is_num(v) and v > 0, "a number > 0")
         for name in ("weight_decay", "gumbel_noise_scale", "kl_weight", "ce_weight"):
             v = getattr(self, name)
             check(name, is_num(v) and v >= 0, "a number >= 0")
-        check("max_time_s", self.max_time_s is None or (is_num(self.max_time_s) and self.max_time_s > 0),
-              "None or a number > 0")
+        check(
+            "max_time_s",
+            self.max_time_s is None or (is_num(self.max_time_s) and self.max_time_s > 0),
+            "None or a number > 0",
+        )
         c = self.gumbel_clamp
-        check("gumbel_clamp", isinstance(c, (tuple, list)) and len(c) == 2 and all(is_num(x) for x in c)
-              and c[0] < c[1], "a pair (lo, hi) with lo < hi")
+        check(
+            "gumbel_clamp",
+            isinstance(c, (tuple, list))
+            and len(c) == 2
+            and all(is_num(x) for x in c)
+            and c[0] < c[1],
+            "a pair (lo, hi) with lo < hi",
+        )
         self.gumbel_clamp = (float(c[0]), float(c[1]))
         for name in ("gumbel", "progress"):
             check(name, isinstance(getattr(self, name), bool), "True or False")
         if self.kl_weight == 0 and self.ce_weight == 0:
-            raise ConfigError("LatentSFTConfig: kl_weight and ce_weight are both 0; stage 2 would have no loss")
+            raise ConfigError(
+                "LatentSFTConfig: kl_weight and ce_weight are both 0; stage 2 would have no loss"
+            )
 
     @property
     def stage2_bs(self) -> int:
@@ -297,7 +337,9 @@ def encoder_sequence(tex: TokenizedExample, sp: SpecialIds, segments: list[list[
     return ids + [sp.eot]
 
 
-def decoder_sequence(tex: TokenizedExample, sp: SpecialIds, segments: list[list[int]]) -> dict[str, list[int]]:
+def decoder_sequence(
+    tex: TokenizedExample, sp: SpecialIds, segments: list[list[int]]
+) -> dict[str, list[int]]:
     """Decoder input ``[question, <bot>, L_1, S_2, L_2, ..., S_N, L_N, <eot>, answer, <eos>]``.
 
     Returns ``input_ids`` (``L`` slots hold ``<latent>``), ``labels`` (-100 on the prefix and the
@@ -305,7 +347,12 @@ def decoder_sequence(tex: TokenizedExample, sp: SpecialIds, segments: list[list[
     ``S_{i+1}``, 0 elsewhere).
     """
     prompt = prompt_ids(tex, sp)
-    ids, labels, role, seg = list(prompt), [IGNORE] * len(prompt), [PREFIX] * len(prompt), [0] * len(prompt)
+    ids, labels, role, seg = (
+        list(prompt),
+        [IGNORE] * len(prompt),
+        [PREFIX] * len(prompt),
+        [0] * len(prompt),
+    )
     n = len(segments)
     for i in range(1, n + 1):
         ids.append(sp.latent), labels.append(IGNORE), role.append(LATENT), seg.append(i)
@@ -351,8 +398,9 @@ class Stage1Collator:
         return stage1_batch(items, self.sp, [cot_segments(t, self.r) for t in items])
 
 
-def stage1_batch(items: list[TokenizedExample], sp: SpecialIds,
-                 segments: list[list[list[int]]]) -> dict[str, torch.Tensor]:
+def stage1_batch(
+    items: list[TokenizedExample], sp: SpecialIds, segments: list[list[list[int]]]
+) -> dict[str, torch.Tensor]:
     """Stage-1 batch of ``items`` with the given per-example segments (see :class:`Stage1Collator`)."""
     enc = [encoder_sequence(t, sp, s) for t, s in zip(items, segments)]
     dec = [decoder_sequence(t, sp, s) for t, s in zip(items, segments)]
@@ -373,9 +421,15 @@ def stage1_batch(items: list[TokenizedExample], sp: SpecialIds,
 # --------------------------------------------------------------------------------------------
 
 
-def encoder_latents(encoder: PreTrainedModel, embedding: torch.Tensor, enc_input_ids: torch.Tensor,
-                    enc_attention_mask: torch.Tensor, compress_id: int, top_k: int,
-                    temperature: float = 1.0) -> Feedback:
+def encoder_latents(
+    encoder: PreTrainedModel,
+    embedding: torch.Tensor,
+    enc_input_ids: torch.Tensor,
+    enc_attention_mask: torch.Tensor,
+    compress_id: int,
+    top_k: int,
+    temperature: float = 1.0,
+) -> Feedback:
     """Latents of every compress token in the batch (RESEARCH 1.1, stage-1 source).
 
     The encoder body reads the batch under the induction mask; its last hidden state at each
@@ -388,7 +442,9 @@ def encoder_latents(encoder: PreTrainedModel, embedding: torch.Tensor, enc_input
     E = embedding.detach()
     mask4 = induction_mask(enc_input_ids, enc_attention_mask, compress_id, dtype=E.dtype)
     pos = (enc_attention_mask.long().cumsum(1) - 1).clamp(min=0)
-    h = body(input_ids=enc_input_ids, attention_mask=mask4, position_ids=pos, use_cache=False).last_hidden_state
+    h = body(
+        input_ids=enc_input_ids, attention_mask=mask4, position_ids=pos, use_cache=False
+    ).last_hidden_state
     is_c = (enc_input_ids == compress_id) & enc_attention_mask.bool()
     hc = h[is_c]  # [M, d]
     logits = F.linear(hc.float(), E.float())  # [M, V]
@@ -399,8 +455,10 @@ def scatter_latents(embeds: torch.Tensor, slots: torch.Tensor, z: torch.Tensor) 
     """``embeds`` [B, T, d] with row ``m`` of ``z`` [M, d] written into the m-th True of ``slots`` [B, T]
     (sample-major, then position: the order of ``h[is_c]`` in the encoder), differentiable in both."""
     if int(slots.sum()) != z.shape[0]:
-        raise ValueError(f"{z.shape[0]} latents for {int(slots.sum())} decoder slots: the encoder and decoder "
-                         "batches disagree on the number of segments")
+        raise ValueError(
+            f"{z.shape[0]} latents for {int(slots.sum())} decoder slots: the encoder and decoder "
+            "batches disagree on the number of segments"
+        )
     return embeds.masked_scatter(slots[..., None], z.to(embeds.dtype))
 
 
@@ -411,8 +469,14 @@ class LatentSFTStage1(nn.Module):
     in eval mode and, for a frozen encoder, its latents are computed without gradients.
     """
 
-    def __init__(self, encoder: PreTrainedModel, decoder: PreTrainedModel, special: SpecialIds, top_k: int = 10,
-                 temperature: float = 1.0):
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        decoder: PreTrainedModel,
+        special: SpecialIds,
+        top_k: int = 10,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         require_mask_capable_attention(encoder)
         require_mask_capable_attention(decoder)
@@ -440,8 +504,15 @@ class LatentSFTStage1(nn.Module):
         """``z_i`` of every compress token of the batch (see :func:`encoder_latents`)."""
         E = self.decoder.get_input_embeddings().weight
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.part != "decoder"):
-            return encoder_latents(self.encoder, E, batch["enc_input_ids"], batch["enc_attention_mask"],
-                                   self.sp.latent, self.top_k, self.temperature)
+            return encoder_latents(
+                self.encoder,
+                E,
+                batch["enc_input_ids"],
+                batch["enc_attention_mask"],
+                self.sp.latent,
+                self.top_k,
+                self.temperature,
+            )
 
     def decoder_logits(self, batch: dict, z: torch.Tensor) -> torch.Tensor:
         """Decoder logits [B, T, V] with ``z`` [M, d] scattered into the ``L`` slots (batch order)."""
@@ -450,7 +521,9 @@ class LatentSFTStage1(nn.Module):
         x = scatter_latents(emb, role == LATENT, z)
         mask4 = supervision_mask(role, batch["segment"], dtype=emb.dtype)
         pos = dual_track_positions(role)
-        return self.decoder(inputs_embeds=x, attention_mask=mask4, position_ids=pos, use_cache=False).logits
+        return self.decoder(
+            inputs_embeds=x, attention_mask=mask4, position_ids=pos, use_cache=False
+        ).logits
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         fb = self.latents(batch)
@@ -466,8 +539,13 @@ def _call_module(model, batch):
 
 
 @torch.no_grad()
-def stage1_teacher_forced_metrics(stage1: LatentSFTStage1, tokenizer: PreTrainedTokenizerBase,
-                                  texs: list[TokenizedExample], r: int, batch_size: int = 256) -> dict[str, float]:
+def stage1_teacher_forced_metrics(
+    stage1: LatentSFTStage1,
+    tokenizer: PreTrainedTokenizerBase,
+    texs: list[TokenizedExample],
+    r: int,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Stage-1 CE and teacher-forced answer accuracy on ``texs`` (the answer span after ``<eot>``).
 
     ``answer_exact``: every answer token and ``<eos>`` is the decoder's argmax given the encoder's
@@ -480,13 +558,18 @@ def stage1_teacher_forced_metrics(stage1: LatentSFTStage1, tokenizer: PreTrained
     ce_sum, n_tok, exact, total = 0.0, 0, 0, 0
     for s in range(0, len(texs), batch_size):
         items = texs[s : s + batch_size]
-        batch = {k: v.to(dev) for k, v in stage1_batch(items, sp, [cot_segments(t, r) for t in items]).items()}
+        batch = {
+            k: v.to(dev)
+            for k, v in stage1_batch(items, sp, [cot_segments(t, r) for t in items]).items()
+        }
         fb = stage1.latents(batch)
         logits = stage1.decoder_logits(batch, fb.embeds)
         labels = batch["labels"][:, 1:]
         lg = logits[:, :-1].float()
         valid = labels != IGNORE
-        ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        ce = F.cross_entropy(
+            lg.reshape(-1, lg.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
         ce_sum += float(ce)
         n_tok += int(valid.sum())
         # answer span: TAIL labels after <eot> (targets at positions whose role is TAIL, excluding <eot> itself)
@@ -554,10 +637,18 @@ def soft_label_meta(config: LatentSFTConfig, vocab_size: int, texs: list[Tokeniz
 
 
 @torch.no_grad()
-def encode_examples(encoder: PreTrainedModel, embedding: torch.Tensor, tokenizer: PreTrainedTokenizerBase,
-                    texs: list[TokenizedExample], *, top_k: int, temperature: float = 1.0,
-                    compression_rate: int | None = None, segments: list[list[list[int]]] | None = None,
-                    batch_size: int = 256) -> list[Feedback]:
+def encode_examples(
+    encoder: PreTrainedModel,
+    embedding: torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    texs: list[TokenizedExample],
+    *,
+    top_k: int,
+    temperature: float = 1.0,
+    compression_rate: int | None = None,
+    segments: list[list[list[int]]] | None = None,
+    batch_size: int = 256,
+) -> list[Feedback]:
     """Run the stage-1 encoder over ``texs``; per example a :class:`Feedback` of its N latents.
 
     Segments are ``compression_rate``-token chunks of each CoT, or given explicitly (``segments``,
@@ -577,24 +668,49 @@ def encode_examples(encoder: PreTrainedModel, embedding: torch.Tensor, tokenizer
     for s in range(0, len(texs), batch_size):
         items, segs = texs[s : s + batch_size], segments[s : s + batch_size]
         enc = [encoder_sequence(t, sp, g) for t, g in zip(items, segs)]
-        fb = encoder_latents(encoder, embedding, _pad(enc, sp.pad).to(dev), _mask(enc).to(dev), sp.latent, top_k,
-                             temperature)
+        fb = encoder_latents(
+            encoder,
+            embedding,
+            _pad(enc, sp.pad).to(dev),
+            _mask(enc).to(dev),
+            sp.latent,
+            top_k,
+            temperature,
+        )
         a = 0
         for g in segs:
             n = len(g)
-            out.append(Feedback(fb.embeds[a : a + n].float().cpu(), fb.ids[a : a + n].cpu(),
-                                fb.probs[a : a + n].float().cpu()))
+            out.append(
+                Feedback(
+                    fb.embeds[a : a + n].float().cpu(),
+                    fb.ids[a : a + n].cpu(),
+                    fb.probs[a : a + n].float().cpu(),
+                )
+            )
             a += n
     encoder.train(was)
     return out
 
 
-def build_soft_labels(encoder: PreTrainedModel, decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                      texs: list[TokenizedExample], config: LatentSFTConfig) -> SoftLabels:
+def build_soft_labels(
+    encoder: PreTrainedModel,
+    decoder: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texs: list[TokenizedExample],
+    config: LatentSFTConfig,
+) -> SoftLabels:
     """Soft labels of the (union) encoder over ``texs``: top-k ``(ids, probs)`` per latent."""
     E = decoder.get_input_embeddings().weight
-    fbs = encode_examples(encoder, E, tokenizer, texs, top_k=config.top_k, temperature=config.temperature,
-                          compression_rate=config.compression_rate, batch_size=config.cache_batch_size)
+    fbs = encode_examples(
+        encoder,
+        E,
+        tokenizer,
+        texs,
+        top_k=config.top_k,
+        temperature=config.temperature,
+        compression_rate=config.compression_rate,
+        batch_size=config.cache_batch_size,
+    )
     k = min(config.top_k, E.shape[0])
     ids = torch.cat([f.ids for f in fbs]) if fbs else torch.zeros(0, k, dtype=torch.long)
     probs = torch.cat([f.probs for f in fbs]) if fbs else torch.zeros(0, k)
@@ -630,8 +746,11 @@ def save_soft_labels(labels: SoftLabels, path: str | os.PathLike) -> Path:
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"ids": labels.ids.contiguous().long(), "probs": labels.probs.contiguous().float(),
-               "offsets": labels.offsets.contiguous().long()}
+    tensors = {
+        "ids": labels.ids.contiguous().long(),
+        "probs": labels.probs.contiguous().float(),
+        "offsets": labels.offsets.contiguous().long(),
+    }
     tmp_t = folder / f".tmp-{os.getpid()}-{SOFT_LABEL_TENSORS}"
     tmp_m = folder / f".tmp-{os.getpid()}-{SOFT_LABEL_META}"
     try:
@@ -660,25 +779,40 @@ def load_soft_labels(path: str | os.PathLike, expected: dict | None = None) -> S
     folder = Path(path)
     meta_file, tensor_file = folder / SOFT_LABEL_META, folder / SOFT_LABEL_TENSORS
     if not meta_file.is_file() or not tensor_file.is_file():
-        raise FileNotFoundError(f"{folder} holds no complete soft-label cache ({SOFT_LABEL_META} + {SOFT_LABEL_TENSORS})")
+        raise FileNotFoundError(
+            f"{folder} holds no complete soft-label cache ({SOFT_LABEL_META} + {SOFT_LABEL_TENSORS})"
+        )
     with open(meta_file) as f:
         meta = json.load(f)
     if meta.get("format") != SOFT_LABEL_FORMAT:
-        raise SoftLabelCacheMismatch(f"{meta_file} is not a Latent-SFT soft-label cache (format {meta.get('format')!r})")
+        raise SoftLabelCacheMismatch(
+            f"{meta_file} is not a Latent-SFT soft-label cache (format {meta.get('format')!r})"
+        )
     if meta.get("tensors_sha256") and meta["tensors_sha256"] != _sha256(tensor_file):
-        raise SoftLabelCacheMismatch(f"{tensor_file} does not match the SHA-256 recorded in {meta_file}; the cache "
-                                     "was interrupted while being written: rebuild it")
+        raise SoftLabelCacheMismatch(
+            f"{tensor_file} does not match the SHA-256 recorded in {meta_file}; the cache "
+            "was interrupted while being written: rebuild it"
+        )
     if expected is not None:
-        diffs = [f"{k}: cache {meta.get(k, '<absent>')!r}, expected {expected[k]!r}"
-                 for k in _CACHE_KEYS if k in expected and meta.get(k, "<absent>") != expected[k]]
+        diffs = [
+            f"{k}: cache {meta.get(k, '<absent>')!r}, expected {expected[k]!r}"
+            for k in _CACHE_KEYS
+            if k in expected and meta.get(k, "<absent>") != expected[k]
+        ]
         if diffs:
             raise SoftLabelCacheMismatch(
                 f"soft-label cache {folder} does not fit this run ({'; '.join(diffs)}). It was built for other "
-                "examples, tokenizer or Latent-SFT config: delete the folder or point to a fresh one to rebuild it.")
+                "examples, tokenizer or Latent-SFT config: delete the folder or point to a fresh one to rebuild it."
+            )
     t = load_file(str(tensor_file))
     labels = SoftLabels(t["ids"].long(), t["probs"].float(), t["offsets"].long(), meta)
-    if labels.offsets.numel() != meta.get("n_examples", len(labels)) + 1 or int(labels.offsets[-1]) != labels.ids.shape[0]:
-        raise SoftLabelCacheMismatch(f"{tensor_file}: offsets do not match the tensors or the meta's n_examples")
+    if (
+        labels.offsets.numel() != meta.get("n_examples", len(labels)) + 1
+        or int(labels.offsets[-1]) != labels.ids.shape[0]
+    ):
+        raise SoftLabelCacheMismatch(
+            f"{tensor_file}: offsets do not match the tensors or the meta's n_examples"
+        )
     return labels
 
 
@@ -687,10 +821,18 @@ def load_soft_labels(path: str | os.PathLike, expected: dict | None = None) -> S
 # --------------------------------------------------------------------------------------------
 
 
-def perturb_soft_labels(probs: torch.Tensor, ids: torch.Tensor, reject_id: int | None, *, noise_scale: float = 1.0,
-                        clamp: tuple[float, float] = (-1.5, 3.0), tau: float = 1.0, max_rejections: int = 100,
-                        valid: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+def perturb_soft_labels(
+    probs: torch.Tensor,
+    ids: torch.Tensor,
+    reject_id: int | None,
+    *,
+    noise_scale: float = 1.0,
+    clamp: tuple[float, float] = (-1.5, 3.0),
+    tau: float = 1.0,
+    max_rejections: int = 100,
+    valid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, int]:
     """Gumbel-perturbed teachers ``softmax((log(alpha + 1e-10) + clamp(s g, lo, hi)) / tau_g)`` (RESEARCH 1.3).
 
     ``probs``/``ids`` [..., k]. Latents whose perturbed top-1 id is ``reject_id`` are redrawn
@@ -744,10 +886,15 @@ class Stage2Collator:
         self.sp = special_ids(tokenizer)
 
     def __call__(self, items: list[Stage2Item]) -> dict[str, torch.Tensor]:
-        seqs = [build_sequence(it.tex, self.sp, n_latent=it.ids.shape[0], with_steps=False) for it in items]
+        seqs = [
+            build_sequence(it.tex, self.sp, n_latent=it.ids.shape[0], with_steps=False)
+            for it in items
+        ]
         batch = collate(seqs, self.sp.pad)
         n = max(it.ids.shape[0] for it in items)
-        k = max((it.ids.shape[1] for it in items if it.ids.dim() == 2 and it.ids.numel()), default=1)
+        k = max(
+            (it.ids.shape[1] for it in items if it.ids.dim() == 2 and it.ids.numel()), default=1
+        )
         ids = torch.zeros(len(items), n, k, dtype=torch.long)
         probs = torch.zeros(len(items), n, k)
         valid = torch.zeros(len(items), n, dtype=torch.bool)
@@ -776,9 +923,17 @@ class Stage2Loss:
             return probs.float() / probs.float().sum(-1, keepdim=True).clamp_min(1e-12), 0
         if self.generator.device != probs.device:
             self.generator = torch.Generator(device=probs.device).manual_seed(self.config.seed)
-        return perturb_soft_labels(probs, ids, self.sp.eot, noise_scale=cfg.gumbel_noise_scale,
-                                   clamp=cfg.gumbel_clamp, tau=cfg.gumbel_tau,
-                                   max_rejections=cfg.gumbel_max_rejections, valid=valid, generator=self.generator)
+        return perturb_soft_labels(
+            probs,
+            ids,
+            self.sp.eot,
+            noise_scale=cfg.gumbel_noise_scale,
+            clamp=cfg.gumbel_clamp,
+            tau=cfg.gumbel_tau,
+            max_rejections=cfg.gumbel_max_rejections,
+            valid=valid,
+            generator=self.generator,
+        )
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
@@ -788,7 +943,9 @@ class Stage2Loss:
         alpha, redraws = self.teachers(batch)
         alpha = alpha * valid[..., None]
         E = emb_layer.weight
-        z = torch.einsum("bnk,bnkd->bnd", alpha.to(E.dtype), E[ids])  # current E, gradients flow into it
+        z = torch.einsum(
+            "bnk,bnkd->bnd", alpha.to(E.dtype), E[ids]
+        )  # current E, gradients flow into it
         emb = emb_layer(batch["input_ids"])
         B, T, _ = emb.shape
         n = z.shape[1]
@@ -797,8 +954,12 @@ class Stage2Loss:
         if n:
             zf = F.pad(z, (0, 0, c0, T - c0 - n))
             emb = torch.where(lat[..., None], zf, emb)
-        logits = model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"], use_cache=False).logits
+        logits = model(
+            inputs_embeds=emb,
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).logits
         ce = shifted_ce(logits, batch["labels"])
         if n:
             pred = logits[:, c0 - 1 : c0 - 1 + n].float()  # position preceding slot i
@@ -818,13 +979,19 @@ class Stage2Loss:
 # --------------------------------------------------------------------------------------------
 
 
-def latent_sft_spec(tokenizer: PreTrainedTokenizerBase, config: LatentSFTConfig | None = None) -> LatentSpec:
+def latent_sft_spec(
+    tokenizer: PreTrainedTokenizerBase, config: LatentSFTConfig | None = None
+) -> LatentSpec:
     """Inference of a stage-2 model (RESEARCH 1.4): top-k superposition of the LM-head logits fed
     back, stop when ``argmax == <eot>``, at most ``max_latent_steps``, then ``<eot>`` and the answer."""
     config = config or LatentSFTConfig()
     sp = special_ids(tokenizer)
-    return LatentSpec(feedback=SuperpositionFeedback(config.top_k, config.temperature), stop=ArgmaxToken(sp.eot),
-                      max_latent_steps=config.max_latent_steps, append_eot=True)
+    return LatentSpec(
+        feedback=SuperpositionFeedback(config.top_k, config.temperature),
+        stop=ArgmaxToken(sp.eot),
+        max_latent_steps=config.max_latent_steps,
+        append_eot=True,
+    )
 
 
 @dataclass
@@ -861,14 +1028,26 @@ class LatentSFTResult:
 def _train_config(config: LatentSFTConfig, steps: int, lr: float, batch_size: int):
     from workbench.train import TrainConfig
 
-    return TrainConfig(max_steps=steps, lr=lr, batch_size=batch_size, warmup_steps=min(config.warmup_steps, steps),
-                       weight_decay=config.weight_decay, log_every=config.log_every, eval_every=config.eval_every,
-                       seed=config.seed, progress=config.progress, max_time_s=config.max_time_s)
+    return TrainConfig(
+        max_steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        warmup_steps=min(config.warmup_steps, steps),
+        weight_decay=config.weight_decay,
+        log_every=config.log_every,
+        eval_every=config.eval_every,
+        seed=config.seed,
+        progress=config.progress,
+        max_time_s=config.max_time_s,
+    )
 
 
 def _evaluated_last(trainer) -> bool:
-    return bool(trainer.log_history) and any(k.startswith("eval/") for k in trainer.log_history[-1]) and \
-        trainer.log_history[-1].get("step") == trainer.step
+    return (
+        bool(trainer.log_history)
+        and any(k.startswith("eval/") for k in trainer.log_history[-1])
+        and trainer.log_history[-1].get("step") == trainer.step
+    )
 
 
 def _last_eval(trainer) -> dict:
@@ -901,7 +1080,9 @@ def train_latent_sft(
     texs = tokenize_examples([dict(e) for e in train_examples], tokenizer)
     if not texs:
         raise ValueError("train_latent_sft got no training examples")
-    eval_list = [dict(e) for e in eval_examples][: config.eval_size] if eval_examples is not None else None
+    eval_list = (
+        [dict(e) for e in eval_examples][: config.eval_size] if eval_examples is not None else None
+    )
     eval_texs = tokenize_examples(eval_list, tokenizer) if eval_list else None
     callbacks = list(callbacks or [])
 
@@ -912,19 +1093,34 @@ def train_latent_sft(
 
     stage1_eval = None
     if eval_texs:
+
         def stage1_eval(trainer):
-            return stage1_teacher_forced_metrics(trainer.unwrapped_model, tokenizer, eval_texs,
-                                                 config.compression_rate, config.cache_batch_size)
+            return stage1_teacher_forced_metrics(
+                trainer.unwrapped_model,
+                tokenizer,
+                eval_texs,
+                config.compression_rate,
+                config.cache_batch_size,
+            )
 
     collator = Stage1Collator(tokenizer, config.compression_rate)
-    for part, steps, lr in (("encoder", config.encoder_steps, config.encoder_lr),
-                            ("decoder", config.decoder_steps, config.decoder_lr),
-                            ("union", config.union_steps, config.union_lr)):
+    for part, steps, lr in (
+        ("encoder", config.encoder_steps, config.encoder_lr),
+        ("decoder", config.decoder_steps, config.decoder_lr),
+        ("union", config.union_steps, config.union_lr),
+    ):
         if steps == 0:
             continue
         stage1.set_trainable(part)
-        trainer = Trainer(stage1, texs, collator, _train_config(config, steps, lr, config.batch_size),
-                          loss_fn=_call_module, eval_fn=stage1_eval, callbacks=callbacks)
+        trainer = Trainer(
+            stage1,
+            texs,
+            collator,
+            _train_config(config, steps, lr, config.batch_size),
+            loss_fn=_call_module,
+            eval_fn=stage1_eval,
+            callbacks=callbacks,
+        )
         trainer.train()
         if stage1_eval is not None and not _evaluated_last(trainer):
             trainer.evaluate()
@@ -932,8 +1128,11 @@ def train_latent_sft(
     stage1.set_trainable("union")
     stage1.eval()
 
-    cache_dir = Path(output_dir) / "soft_labels" if output_dir is not None else Path(
-        tempfile.mkdtemp(prefix="latent-sft-soft-labels-"))
+    cache_dir = (
+        Path(output_dir) / "soft_labels"
+        if output_dir is not None
+        else Path(tempfile.mkdtemp(prefix="latent-sft-soft-labels-"))
+    )
     expected = soft_label_meta(config, decoder.get_input_embeddings().weight.shape[0], texs)
     labels = build_soft_labels(encoder, decoder, tokenizer, texs, config)
     save_soft_labels(labels, cache_dir)
@@ -946,22 +1145,40 @@ def train_latent_sft(
 
     stage2_eval = None
     if eval_list:
+
         def stage2_eval(trainer):
-            res = evaluate(trainer.unwrapped_model, tokenizer, eval_list, spec=spec, batch_size=config.cache_batch_size)
-            return {"accuracy": res.summary["accuracy"], "latent_steps": res.summary["latent_steps"]}
+            res = evaluate(
+                trainer.unwrapped_model,
+                tokenizer,
+                eval_list,
+                spec=spec,
+                batch_size=config.cache_batch_size,
+            )
+            return {
+                "accuracy": res.summary["accuracy"],
+                "latent_steps": res.summary["latent_steps"],
+            }
 
     final_eval: dict[str, Any] = {}
     if config.stage2_steps:
-        trainer = Trainer(decoder, items, Stage2Collator(tokenizer),
-                          _train_config(config, config.stage2_steps, config.stage2_lr, config.stage2_bs),
-                          loss_fn=Stage2Loss(config, sp), eval_fn=stage2_eval, callbacks=callbacks)
+        trainer = Trainer(
+            decoder,
+            items,
+            Stage2Collator(tokenizer),
+            _train_config(config, config.stage2_steps, config.stage2_lr, config.stage2_bs),
+            loss_fn=Stage2Loss(config, sp),
+            eval_fn=stage2_eval,
+            callbacks=callbacks,
+        )
         trainer.train()
         if stage2_eval is not None:
             final_eval = _last_eval(trainer) if _evaluated_last(trainer) else trainer.evaluate()
         histories["stage2"] = trainer.log_history.to_pandas()
     decoder.eval()
 
-    result = LatentSFTResult(decoder, encoder, tokenizer, config, histories, cache_dir, spec, final_eval)
+    result = LatentSFTResult(
+        decoder, encoder, tokenizer, config, histories, cache_dir, spec, final_eval
+    )
     if output_dir is not None:
         out = Path(output_dir)
         decoder.save_pretrained(out / "stage2")

@@ -53,7 +53,9 @@ class TokenizedExample:
         return out
 
 
-def tokenize_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase) -> list[TokenizedExample]:
+def tokenize_examples(
+    examples: list[Example], tokenizer: PreTrainedTokenizerBase
+) -> list[TokenizedExample]:
     """Tokenize every text of ``examples`` in a few batched tokenizer calls."""
     sep = tokenizer.encode(" ", add_special_tokens=False)
     enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # noqa: E731
@@ -74,7 +76,12 @@ def prompt_ids(tex: TokenizedExample, sp: SpecialIds) -> list[int]:
 
 
 def build_sequence(
-    tex: TokenizedExample, sp: SpecialIds, *, n_latent: int = 0, first_step: int = 0, with_steps: bool = True
+    tex: TokenizedExample,
+    sp: SpecialIds,
+    *,
+    n_latent: int = 0,
+    first_step: int = 0,
+    with_steps: bool = True,
 ) -> dict:
     """One training sequence (see the module docstring) as ``input_ids``, ``labels``, ``n_latent``."""
     prompt = prompt_ids(tex, sp)
@@ -125,7 +132,11 @@ def pad_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor
     for b, p in enumerate(prompts):
         ids[b, T - len(p) :] = torch.tensor(p)
         mask[b, T - len(p) :] = 1
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+    }
 
 
 class SequenceCollator:
@@ -135,12 +146,26 @@ class SequenceCollator:
     methods with per-example layouts build sequences themselves and call :func:`collate`.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, n_latent: int = 0, first_step: int = 0,
-                 with_steps: bool = True):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        n_latent: int = 0,
+        first_step: int = 0,
+        with_steps: bool = True,
+    ):
         self.sp = special_ids(tokenizer)
         self.n_latent, self.first_step, self.with_steps = n_latent, first_step, with_steps
 
     def __call__(self, items: list[TokenizedExample]) -> dict[str, torch.Tensor]:
-        seqs = [build_sequence(t, self.sp, n_latent=self.n_latent, first_step=self.first_step,
-                               with_steps=self.with_steps) for t in items]
+        seqs = [
+            build_sequence(
+                t,
+                self.sp,
+                n_latent=self.n_latent,
+                first_step=self.first_step,
+                with_steps=self.with_steps,
+            )
+            for t in items
+        ]
         return collate(seqs, self.sp.pad)

@@ -68,7 +68,9 @@ def causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32
     return additive_mask(causal_keep(attention_mask), dtype)
 
 
-def induction_keep(input_ids: torch.Tensor, attention_mask: torch.Tensor, compress_id: int) -> torch.Tensor:
+def induction_keep(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, compress_id: int
+) -> torch.Tensor:
     """``[B, T, T]`` bool of the Latent Token Induction Mask (RESEARCH 1.2, encoder)."""
     B, T = input_ids.shape
     is_c = (input_ids == compress_id) & attention_mask.bool()
@@ -78,8 +80,12 @@ def induction_keep(input_ids: torch.Tensor, attention_mask: torch.Tensor, compre
     return causal_keep(attention_mask) & ~hide
 
 
-def induction_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, compress_id: int,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def induction_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    compress_id: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """The Latent Token Induction Mask as ``[B, 1, T, T]`` additive ``dtype`` (encoder input)."""
     return additive_mask(induction_keep(input_ids, attention_mask, compress_id), dtype)
 
@@ -92,7 +98,9 @@ def supervision_keep(role: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     ``L_i``), anything elsewhere. Sequences must be ordered prefix, latents/text, tail.
     """
     if role.shape != segment.shape or role.dim() != 2:
-        raise ValueError(f"role and segment must both be [B, T], got {tuple(role.shape)}, {tuple(segment.shape)}")
+        raise ValueError(
+            f"role and segment must both be [B, T], got {tuple(role.shape)}, {tuple(segment.shape)}"
+        )
     T = role.shape[1]
     r_i, r_j = role[:, :, None], role[:, None, :]
     same_seg = segment[:, :, None] == segment[:, None, :]
@@ -107,7 +115,9 @@ def supervision_keep(role: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     return rule & _causal(T, role.device) & nonpad[:, :, None] & nonpad[:, None, :]
 
 
-def supervision_mask(role: torch.Tensor, segment: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def supervision_mask(
+    role: torch.Tensor, segment: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The Latent Token Supervision Mask as ``[B, 1, T, T]`` additive ``dtype`` (decoder input)."""
     return additive_mask(supervision_keep(role, segment), dtype)
 
@@ -127,7 +137,9 @@ def dual_track_positions(role: torch.Tensor) -> torch.Tensor:
     text = role == TEXT
     main_pos = main.long().cumsum(1) - 1  # position of the latest main-track token
     text_count = text.long().cumsum(1)
-    at_last_main = torch.cummax(torch.where(main, text_count, torch.zeros_like(text_count)), dim=1).values
+    at_last_main = torch.cummax(
+        torch.where(main, text_count, torch.zeros_like(text_count)), dim=1
+    ).values
     pos = main_pos + torch.where(text, text_count - at_last_main, torch.zeros_like(text_count))
     return torch.where(role == PAD, torch.zeros_like(pos), pos.clamp(min=0))
 
@@ -146,13 +158,19 @@ def require_mask_capable_attention(model, *, switch: bool = True) -> str:
     if impl in MASK_CAPABLE_ATTENTION:
         return impl
     if not switch:
-        raise ValueError(f"{type(model).__name__} uses attn_implementation={impl!r}; custom 4-D attention masks "
-                         f"need one of {MASK_CAPABLE_ATTENTION} (call model.set_attn_implementation('sdpa'))")
+        raise ValueError(
+            f"{type(model).__name__} uses attn_implementation={impl!r}; custom 4-D attention masks "
+            f"need one of {MASK_CAPABLE_ATTENTION} (call model.set_attn_implementation('sdpa'))"
+        )
     if not hasattr(model, "set_attn_implementation"):
-        raise TypeError(f"{type(model).__name__} cannot switch its attention implementation; build it with "
-                        "attn_implementation='sdpa' to use custom 4-D masks")
+        raise TypeError(
+            f"{type(model).__name__} cannot switch its attention implementation; build it with "
+            "attn_implementation='sdpa' to use custom 4-D masks"
+        )
     model.set_attn_implementation("sdpa")
     impl = model.config._attn_implementation
     if impl not in MASK_CAPABLE_ATTENTION:  # pragma: no cover - transformers refused the switch
-        raise RuntimeError(f"could not switch {type(model).__name__} to sdpa attention (still {impl!r})")
+        raise RuntimeError(
+            f"could not switch {type(model).__name__} to sdpa attention (still {impl!r})"
+        )
     return impl

@@ -57,7 +57,9 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_head:
-            raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}")
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.attn_implementation not in ("sdpa", "eager"):
@@ -86,22 +88,38 @@ def build_model(
         raise ValueError("build_model needs a tokenizer to size a new model (tokenizer=...)")
     vocab = len(tokenizer)
     ids = dict(
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     d_ff = config.d_ff or 4 * config.d_model
     if config.arch == "gpt2":
         hf = GPT2Config(
-            vocab_size=vocab, n_positions=config.max_positions, n_embd=config.d_model, n_layer=config.n_layer,
-            n_head=config.n_head, n_inner=d_ff, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-            attn_pdrop=config.dropout, tie_word_embeddings=config.tie_embeddings, **ids,
+            vocab_size=vocab,
+            n_positions=config.max_positions,
+            n_embd=config.d_model,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=d_ff,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            tie_word_embeddings=config.tie_embeddings,
+            **ids,
         )
         cls = GPT2LMHeadModel
     else:
         hf = LlamaConfig(
-            vocab_size=vocab, hidden_size=config.d_model, intermediate_size=d_ff, num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head, num_key_value_heads=config.n_head,
-            max_position_embeddings=config.max_positions, attention_dropout=config.dropout,
-            tie_word_embeddings=config.tie_embeddings, **ids,
+            vocab_size=vocab,
+            hidden_size=config.d_model,
+            intermediate_size=d_ff,
+            num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head,
+            num_key_value_heads=config.n_head,
+            max_position_embeddings=config.max_positions,
+            attention_dropout=config.dropout,
+            tie_word_embeddings=config.tie_embeddings,
+            **ids,
         )
         cls = LlamaForCausalLM
     hf._attn_implementation = config.attn_implementation
@@ -112,7 +130,9 @@ def build_model(
 
 
 def load_local_model(
-    path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, attn_implementation: str = "sdpa",
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    attn_implementation: str = "sdpa",
     dtype: torch.dtype | str = torch.float32,
 ) -> PreTrainedModel:
     """Load a causal LM saved with ``save_pretrained`` from a local folder (no network).
@@ -126,7 +146,11 @@ def load_local_model(
             "(download the checkpoint yourself, then pass its folder)"
         )
     model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, attn_implementation=attn_implementation, use_safetensors=True, dtype=dtype
+        path,
+        local_files_only=True,
+        attn_implementation=attn_implementation,
+        use_safetensors=True,
+        dtype=dtype,
     )
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))

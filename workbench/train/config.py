@@ -136,7 +136,9 @@ class TrainConfig:
         self.lr = _float("lr", self.lr, lo=0.0)
         self.weight_decay = _float("weight_decay", self.weight_decay, lo=0.0)
         self.min_lr_ratio = _float("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)
-        self.decay_fraction = _float("decay_fraction", self.decay_fraction, lo=0.0, lo_open=True, hi=1.0)
+        self.decay_fraction = _float(
+            "decay_fraction", self.decay_fraction, lo=0.0, lo_open=True, hi=1.0
+        )
         self.warmup_time_fraction = _float(
             "warmup_time_fraction", self.warmup_time_fraction, lo=0.0, lo_open=True, hi=1.0
         )

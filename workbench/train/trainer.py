@@ -1010,8 +1010,13 @@ class Trainer:
         from tqdm.auto import tqdm
 
         if cfg.schedule_by_time and cfg.max_time_s:  # the time budget is what ends this run
-            return tqdm(total=None, initial=self.step, desc=f"train ({cfg.max_time_s:.0f} s budget)",
-                        dynamic_ncols=True, mininterval=2.0)
+            return tqdm(
+                total=None,
+                initial=self.step,
+                desc=f"train ({cfg.max_time_s:.0f} s budget)",
+                dynamic_ncols=True,
+                mininterval=2.0,
+            )
         return tqdm(
             total=cfg.max_steps,
             initial=min(self.step, cfg.max_steps),
