@@ -5,6 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.data.layout import (
+    build_sequence,
+    collate,
+    pad_prompts,
+    prompt_ids,
+    tokenize_examples,
+)
 from workbench.data.tasks import generate
 from workbench.data.tokenizer import build_char_tokenizer, special_ids
 from workbench.engine.feedback import make_feedback
@@ -12,13 +19,6 @@ from workbench.engine.forward import latent_forward, naive_latent_forward, shift
 from workbench.engine.loop import run_latent
 from workbench.engine.reference import reference_generate
 from workbench.engine.stop import ArgmaxToken, EntropyColdStop, FixedSteps
-from workbench.methods.layout import (
-    build_sequence,
-    collate,
-    pad_prompts,
-    prompt_ids,
-    tokenize_examples,
-)
 from workbench.models.build import ModelConfig, build_model
 
 RULES = ["hidden", "projected", "superposition", "gumbel"]
@@ -57,7 +57,7 @@ def test_training_path_matches_naive_recompute(tok, arch, rule):
     batch = collate(
         [
             build_sequence(t, sp, n_latent=n, first_step=min(n, len(t.steps)))
-            for t, n in zip(texs, n_lat)
+            for t, n in zip(texs, n_lat, strict=True)
         ],
         sp.pad,
     )
@@ -149,7 +149,8 @@ def test_stop_rules_per_sample(tok):
     model = _model(tok, "gpt2").eval()
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
     batch = pad_prompts(prompts, sp.pad)
-    # argmax stop on the token the untrained model prefers at <bot>: stops at step 0 for every sample
+    # argmax stop on the token the untrained model prefers at <bot>: stops at step 0 for every
+    # sample
     out0 = run_latent(
         model,
         batch["input_ids"],

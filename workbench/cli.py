@@ -1,14 +1,16 @@
 """Command line: ``workbench data | train | eval | sweep | demo`` (also ``python -m workbench``).
 
 Configs come from a YAML file (``--config``) with the sections ``data``, ``model``, ``train``
-and per method (``coconut``), overridden by flags and by ``--set section.key=value``. Every
-section is a typed dataclass: an unknown key is an error that names it.
+and one per registered method with settings (named after it, e.g. ``coconut``), overridden by
+flags and by ``--set section.key=value``. Every section is a typed dataclass: an unknown key is
+an error that names it. Errors in the user's input print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +19,8 @@ import yaml
 
 from workbench.config import ConfigError, config_from_dict, load_yaml
 
-SECTIONS = ("method", "data", "model", "train", "coconut")
+BASE_SECTIONS = ("method", "data", "model", "train")
+"""Sections every run config may have; each registered method with settings adds its own."""
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -40,10 +43,11 @@ def load_run_config(path: str | None, overrides: dict) -> dict:
             cfg.setdefault(section, {}).update(values)
         else:
             cfg[section] = values
-    unknown = sorted(set(cfg) - set(SECTIONS))
+    sections = [*BASE_SECTIONS, *_method_sections()]
+    unknown = sorted(set(cfg) - set(sections))
     if unknown:
         raise ConfigError(
-            f"{path or 'config'}: unknown section(s) {unknown}; known sections: {list(SECTIONS)}"
+            f"{path or 'config'}: unknown section(s) {unknown}; known sections: {sections}"
         )
     return cfg
 
@@ -83,11 +87,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _method_sections() -> dict[str, type]:
+    """Config section name -> config dataclass, one per registered method that has settings."""
+    from workbench.methods import get_method, method_names
+
+    return {n: get_method(n).config_cls for n in method_names() if get_method(n).config_cls}
+
+
 def cmd_train(args) -> int:
-    from workbench.experiment import default_train_config, train_baseline, train_coconut
-    from workbench.methods.coconut import CoconutConfig
+    from workbench.experiment import cot_starting_point, default_train_config, train
+    from workbench.methods import BASE_METHOD, get_method
     from workbench.models.build import ModelConfig
     from workbench.train import TrainConfig
+    from workbench.trained import METHOD_FILE, TrainedModel
 
     cfg = load_run_config(args.config, _parse_set(args.set))
     if args.method:
@@ -95,35 +107,39 @@ def cmd_train(args) -> int:
     if args.steps:
         cfg.setdefault("train", {})["max_steps"] = args.steps
     src = args.config or "flags"
-    method = cfg.get("method", "cot")
+    method = cfg.get("method", BASE_METHOD)
+    record = get_method(method)
+    out = Path(args.out)
+    if args.resume and (out / METHOD_FILE).exists():
+        print(f"{out} already holds a finished {method!r} run; nothing to resume")
+        return 0
     data = _data_from(cfg, src)
     mc = config_from_dict(ModelConfig, cfg.get("model", {}), source=f"{src}:model")
-    tc_values = {**asdict(default_train_config()), **cfg.get("train", {})}
+    # Periodic checkpoints under --out, so a killed run continues with --resume.
+    kill_safe = {"output_dir": str(out / "checkpoints"), "save_every": args.save_every}
+    tc_values = {**asdict(default_train_config()), **kill_safe, **cfg.get("train", {})}
+    tc_values["resume"] = bool(args.resume)
     tc = config_from_dict(TrainConfig, tc_values, source=f"{src}:train")
     seed = cfg.get("data", {}).get("seed", 0)
-    budget = args.max_minutes * 60 if args.max_minutes else None
-    if method in ("cot", "nocot"):
-        tm = train_baseline(
-            data, method, model_config=mc, train_config=tc, seed=seed, time_budget_s=budget
-        )
-    elif method == "coconut":
-        cc = config_from_dict(CoconutConfig, cfg.get("coconut", {}), source=f"{src}:coconut")
-        base = None
-        if args.init:
-            from workbench.experiment import TrainedModel
-
-            base = TrainedModel.load(args.init)
-        tm = train_coconut(data, base, coconut=cc, train_config=tc, model_config=mc, seed=seed)
-    else:
-        raise ConfigError(f"method={method!r}: the CLI trains cot, nocot, coconut")
-    tm.meta["data"] = {
-        "train_size": len(data.train),
-        "val_size": len(data.val),
-        "test_size": len(data.test),
-        "seed": seed,
-        "difficulty": data.difficulty,
-    }
-    out = tm.save(args.out)
+    kwargs = {"train_config": tc, "model_config": mc, "seed": seed}
+    if args.max_minutes:
+        kwargs["time_budget_s"] = args.max_minutes * 60
+    if record.config_cls is not None:
+        section = cfg.get(method, {})
+        kwargs["config"] = config_from_dict(record.config_cls, section, source=f"{src}:{method}")
+    for name in _method_sections():
+        if name != method and name in cfg:
+            raise ConfigError(f"{src}: section {name!r} given, but method is {method!r}")
+    base = None
+    if args.init:
+        base = TrainedModel.load(args.init)
+    elif record.needs_base:
+        base = cot_starting_point(data, "shipped", seed=seed)
+    if args.resume:
+        print(f"resuming from the latest checkpoint under {out / 'checkpoints'}")
+    tm = train(method, data, base, **kwargs)
+    tm.meta["data"] = data.describe()
+    tm.save(out)
     res = tm.evaluate()
     print(json.dumps(res.summary, indent=2))
     print(f"saved to {out}")
@@ -179,7 +195,9 @@ def cmd_build_checkpoints(args) -> int:
     from workbench.checkpoints import build_checkpoints
 
     torch.set_num_threads(args.threads)
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = None
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     summaries = build_checkpoints(
         args.out, methods=methods, cot_minutes=args.minutes, d_model=args.d_model, seed=args.seed
     )
@@ -188,7 +206,14 @@ def cmd_build_checkpoints(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from workbench.methods import method_names
+
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of a workbench error (also WORKBENCH_DEBUG=1)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="generate/cache a task's splits and print statistics")
@@ -198,10 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_data)
 
     t = sub.add_parser("train", help="train a method and save it")
-    t.add_argument("--config"), t.add_argument("--method", choices=["cot", "nocot", "coconut"])
+    t.add_argument("--config")
+    t.add_argument("--method", choices=method_names(), help="a registered method")
     t.add_argument("--steps", type=int), t.add_argument("--max-minutes", type=float)
-    t.add_argument("--init", help="a saved TrainedModel folder to start from (coconut)")
-    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument(
+        "--init",
+        help="a saved TrainedModel folder to start from (latent methods; default: the shipped CoT)",
+    )
+    t.add_argument("--out", required=True, help="output folder (periodic checkpoints go under it)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from the latest checkpoint under --out",
+    )
+    t.add_argument(
+        "--save-every", type=int, default=50, help="optimizer steps between checkpoints"
+    )
     t.add_argument("--set", action="append", help="section.key=value override")
     t.set_defaults(fn=cmd_train)
 
@@ -234,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=float, default=10.0, help="CoT training wall time")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument(
-        "--methods", default="cot,coconut,latent_sft", help="comma-separated subset to (re)build"
+        "--methods",
+        default=None,
+        help="comma-separated subset to (re)build (default: every method with a recipe)",
     )
     b.add_argument("--out", help="folder holding one subfolder per method (default checkpoints/)")
     (
@@ -245,12 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, not a workbench bug: printed as one line, exit 2."""
+    from workbench.errors import WorkbenchError
+    from workbench.train import CheckpointMismatchError, NonFiniteLossError
+
+    return (WorkbenchError, CheckpointMismatchError, NonFiniteLossError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a workbench error prints one line (``--debug``: the traceback) and exits 2."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
-    except ConfigError as err:
-        print(f"workbench {args.command}: {err}", file=sys.stderr)
+    except user_errors() as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split("\n"))
+        print(f"workbench {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

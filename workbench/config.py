@@ -13,11 +13,80 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workbench.errors import WorkbenchError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+
+
+class ConfigError(WorkbenchError, ValueError):
     """A config value or key is wrong; the message names it and says what is allowed."""
+
+
+# ----- the one validation path: every config's ``__post_init__`` calls these ----------------
+
+
+def _fail(owner: object, name: str, value: Any, expected: str) -> None:
+    cls = owner if isinstance(owner, str) else type(owner).__name__
+    raise ConfigError(f"{cls}.{name} = {value!r}: expected {expected}")
+
+
+def check_range(
+    owner: object,
+    name: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    allow_none: bool = False,
+) -> None:
+    """Raise :class:`ConfigError` unless ``owner.name`` lies in the given bounds.
+
+    ``owner`` is the config instance (its class names the error); the message reads
+    ``CoconutConfig.c_thought = 0: expected a number >= 1``.
+    """
+    value = getattr(owner, name)
+    if value is None and allow_none:
+        return
+    bounds = [
+        f"{op} {b}"
+        for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt))
+        if b is not None
+    ]
+    expected = "a number " + " and ".join(bounds) + (" (or None)" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(owner, name, value, expected)
+    if value != value:  # NaN
+        _fail(owner, name, value, expected)
+    if (
+        (ge is not None and value < ge)
+        or (gt is not None and value <= gt)
+        or (le is not None and value > le)
+        or (lt is not None and value >= lt)
+    ):
+        _fail(owner, name, value, expected)
+
+
+def check_choice(owner: object, name: str, choices, *, allow_none: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``owner.name`` is one of ``choices`` (listed in the error)."""
+    value = getattr(owner, name)
+    if value is None and allow_none:
+        return
+    choices = list(choices)
+    if value not in choices:
+        import difflib
+
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(owner, name, value, f"one of {choices}{hint}")
+
+
+def check_that(owner: object, name: str, ok: bool, expected: str) -> None:
+    """Raise :class:`ConfigError` naming ``owner.name`` and ``expected`` unless ``ok``."""
+    if not ok:
+        _fail(owner, name, getattr(owner, name, None), expected)
 
 
 def config_from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:

@@ -20,14 +20,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.config import check_range, check_that
+
 from workbench.experiment import (
     TrainedModel,
     default_train_config,
     prepare_data,
+    train,
     train_baseline,
-    train_coconut,
 )
 from workbench.lens.views import trajectory_of, write_standard_report
+from workbench.methods import BASE_METHOD, DEMO_LATENT_METHOD, NO_COT_METHOD
 from workbench.methods.coconut import CoconutConfig
 from workbench.models.build import ModelConfig
 from workbench.runs import new_run_dir, write_figure, write_json, write_table
@@ -67,16 +70,16 @@ class DemoConfig:
     """Run folder (default ``runs/demo-<timestamp>``)."""
 
     def __post_init__(self) -> None:
-        if self.cot_minutes <= 0 or self.nocot_minutes <= 0:
-            raise ValueError("DemoConfig.cot_minutes and nocot_minutes must be > 0")
-        if self.coconut_steps_per_stage < 0 or self.coconut_c < 1:
-            raise ValueError("DemoConfig.coconut_steps_per_stage must be >= 0 and coconut_c >= 1")
-        if self.d_model < 8 or self.d_model % 4:
-            raise ValueError(
-                f"DemoConfig.d_model={self.d_model}: use a multiple of 4 (the default has 4 heads)"
-            )
-        if self.test_size < 1 or self.train_size < 1:
-            raise ValueError("DemoConfig.train_size and test_size must be >= 1")
+        check_range(self, "cot_minutes", gt=0)
+        check_range(self, "nocot_minutes", gt=0)
+        check_range(self, "coconut_steps_per_stage", ge=0)
+        check_range(self, "coconut_c", ge=1)
+        check_range(self, "d_model", ge=8)
+        check_that(self, "d_model", self.d_model % 4 == 0, "a multiple of 4 (the default has 4 heads)")
+        check_range(self, "batch_size", ge=1)
+        check_range(self, "report_examples", ge=1)
+        check_range(self, "train_size", ge=1)
+        check_range(self, "test_size", ge=1)
 
 
 def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
@@ -113,7 +116,7 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
             f"{res.summary['reasoning_positions']:.1f} reasoning positions"
         )
 
-    for mode, minutes in (("cot", cfg.cot_minutes), ("nocot", cfg.nocot_minutes)):
+    for mode, minutes in ((BASE_METHOD, cfg.cot_minutes), (NO_COT_METHOD, cfg.nocot_minutes)):
         print(f"[demo] training {mode} for {minutes:g} min")
         tc = demo_train_config(cfg)
         record(
@@ -143,7 +146,9 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
             warmup_steps=10,
             eval_every=None,
         )
-        coconut = train_coconut(data, trained["cot"], coconut=cc, train_config=tc, seed=cfg.seed)
+        coconut = train(
+            DEMO_LATENT_METHOD, data, trained[BASE_METHOD], config=cc, train_config=tc, seed=cfg.seed
+        )
         record(coconut, (time.perf_counter() - t1) / 60)
         report = _trajectory_report(
             run / "latent_trajectories.html", coconut, data.test[: cfg.report_examples]

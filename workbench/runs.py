@@ -1,20 +1,21 @@
 """Run folders: where a demo, notebook or CLI run writes its tables, figures and metrics.
 
-Every file is written atomically (temp file + ``os.replace``) so a crash never leaves a
-half-written result next to good ones.
+Every file is written atomically (:mod:`workbench.io`: temp file + fsync + ``os.replace``) so a
+crash never leaves a half-written result next to good ones. ``atomic_write_text`` is re-exported
+from :mod:`workbench.io` for older imports.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from workbench.io import atomic_write_json, atomic_write_text
 from workbench.paths import runs_dir
+
+__all__ = ["atomic_write_text", "new_run_dir", "write_figure", "write_json", "write_table"]
 
 
 def new_run_dir(name: str, root: str | Path | None = None) -> Path:
@@ -29,27 +30,9 @@ def new_run_dir(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary, shareable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: str | Path, obj) -> Path:
     """Atomic JSON (non-finite floats become null-safe strings via ``default=str``)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+    return atomic_write_json(path, obj, indent=2, default=str)
 
 
 def write_table(path: str | Path, df: pd.DataFrame) -> Path:

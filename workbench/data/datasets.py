@@ -37,6 +37,7 @@ from typing import Any
 import datasets as hf
 
 from workbench.config import ConfigError
+from workbench.errors import WorkbenchError
 from workbench.data.loaders import _ALIASES, FORMATS, load_examples
 from workbench.data.schema import Example, validate_example
 from workbench.data.tasks import TASK_MODULES, get_task
@@ -67,7 +68,7 @@ _SPLIT_ALIASES = {
 _DATA_SUFFIXES = (".json", ".jsonl", ".txt")
 
 
-class NotEnoughExamplesError(ValueError):
+class NotEnoughExamplesError(WorkbenchError, ValueError):
     """A task or file cannot supply the requested number of distinct questions."""
 
 

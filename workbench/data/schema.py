@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from workbench.errors import WorkbenchError
+
 REQUIRED_FIELDS = ("question", "steps", "answer")
 
 
@@ -20,7 +22,7 @@ class Example(TypedDict):
     answer: str
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(WorkbenchError, ValueError):
     """A dataset row does not fit the schema; says where and how to fix it."""
 
     def __init__(self, source: str, row: int | None, field: str | None, problem: str, fix: str = ""):

@@ -14,7 +14,10 @@ Every latent method differs mainly here (RESEARCH Part A section 6, "LatentLoop"
 
 A rule is an ``nn.Module`` taking the hidden state and logits of the position before the latent
 slot and returning the embedding plus, for vocabulary rules, the top-k weights actually fed.
-Adding a rule is one small class registered in :data:`FEEDBACK_RULES`.
+It describes itself (:class:`~workbench.engine.rules.Rule`): a registry ``name`` and a JSON
+:meth:`~workbench.engine.rules.Rule.config` that rebuilds it; its weights, if any, are its
+``state_dict``. Settings out of range are a :class:`~workbench.config.ConfigError` naming the
+field. Adding a rule is one small class registered in :data:`FEEDBACK_RULES`.
 
 Deviation: the superposition logits always come from the LM head here (stage-2/inference
 source). Latent-SFT stage 1 projects the encoder state on ``E`` instead; that method computes
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from workbench.engine.rules import Rule, build_rule, check_float, check_int
+
 
 @dataclass
 class Feedback:
@@ -38,8 +43,12 @@ class Feedback:
     probs: torch.Tensor | None = None
 
 
-class FeedbackRule(nn.Module):
-    """Base class: ``forward(hidden [B,d], logits [B,V] | None, embedding [V,d], generator) -> Feedback``."""
+class FeedbackRule(Rule):
+    """Base class: ``forward(hidden [B,d], logits [B,V] | None, embedding [V,d], generator)``.
+
+    Returns a :class:`Feedback`. Subclasses set ``name``, ``needs_logits`` (the engine computes
+    the LM-head logits only for rules that read them) and ``stochastic``.
+    """
 
     name = "base"
     needs_logits = False
@@ -47,10 +56,6 @@ class FeedbackRule(nn.Module):
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:  # pragma: no cover
         raise NotImplementedError
-
-    def describe(self) -> str:
-        """Short human-readable description for tables and traces."""
-        return self.name
 
 
 def superpose(
@@ -88,35 +93,47 @@ class ProjectedFeedback(FeedbackRule):
 
     def __init__(self, d_model: int, proj_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
-        p = proj_dim or d_model
+        self.d_model, self.proj_dim, self.dropout = d_model, proj_dim, dropout
+        check_int(self, "d_model", ge=1)
+        if proj_dim is not None:
+            check_int(self, "proj_dim", ge=1)
+        check_float(self, "dropout", ge=0.0, lt=1.0)
+        p = self.proj_dim or self.d_model
         self.net = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(d_model, p),
+            nn.Dropout(self.dropout),
+            nn.Linear(self.d_model, p),
             nn.GELU(),
-            nn.Linear(p, d_model),
-            nn.LayerNorm(d_model),
+            nn.Linear(p, self.d_model),
+            nn.LayerNorm(self.d_model),
         )
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
         return Feedback(self.net(hidden))
 
+    def config(self) -> dict:
+        return {"d_model": self.d_model, "proj_dim": self.proj_dim, "dropout": self.dropout}
+
 
 class SuperpositionFeedback(FeedbackRule):
-    """Latent-SFT / Soft Thinking: top-k softmax of the LM-head logits at temperature tau, as ``p @ E``."""
+    """Latent-SFT / Soft Thinking: top-k softmax of the LM-head logits at temperature tau.
+
+    Fed as ``p @ E``.
+    """
 
     name = "superposition"
     needs_logits = True
 
     def __init__(self, top_k: int = 10, temperature: float = 1.0):
         super().__init__()
-        if top_k < 1 or temperature <= 0:
-            raise ValueError(
-                f"superposition needs top_k >= 1 and temperature > 0, got {top_k}, {temperature}"
-            )
         self.top_k, self.temperature = top_k, temperature
+        check_int(self, "top_k", ge=1)
+        check_float(self, "temperature", gt=0.0)
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
         return superpose(logits, embedding, self.top_k, self.temperature)
+
+    def config(self) -> dict:
+        return {"top_k": self.top_k, "temperature": self.temperature}
 
     def describe(self) -> str:
         return f"superposition(k={self.top_k}, tau={self.temperature})"
@@ -130,7 +147,10 @@ def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tens
 
 
 class GumbelFeedback(FeedbackRule):
-    """LEPO: Gumbel-softmax superposition ``softmax((topk(l)/T + s*g) / tau_g) @ E`` for stochastic rollouts."""
+    """LEPO: Gumbel-softmax superposition ``softmax((topk(l)/T + s*g) / tau_g) @ E``.
+
+    For stochastic rollouts; the noise comes from the engine's ``generator``.
+    """
 
     name = "gumbel"
     needs_logits = True
@@ -144,17 +164,16 @@ class GumbelFeedback(FeedbackRule):
         noise_scale: float = 1.0,
     ):
         super().__init__()
-        if top_k < 1 or temperature <= 0 or gumbel_tau <= 0:
-            raise ValueError(
-                f"gumbel needs top_k >= 1, temperature > 0, gumbel_tau > 0; got "
-                f"{top_k}, {temperature}, {gumbel_tau}"
-            )
         self.top_k, self.temperature, self.gumbel_tau, self.noise_scale = (
             top_k,
             temperature,
             gumbel_tau,
             noise_scale,
         )
+        check_int(self, "top_k", ge=1)
+        check_float(self, "temperature", gt=0.0)
+        check_float(self, "gumbel_tau", gt=0.0)
+        check_float(self, "noise_scale", ge=0.0)
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
         k = min(self.top_k, logits.shape[-1])
@@ -163,20 +182,29 @@ class GumbelFeedback(FeedbackRule):
             logits, embedding, k, self.temperature, noise=g, gumbel_tau=self.gumbel_tau
         )
 
+    def config(self) -> dict:
+        return {
+            "top_k": self.top_k,
+            "temperature": self.temperature,
+            "gumbel_tau": self.gumbel_tau,
+            "noise_scale": self.noise_scale,
+        }
+
     def describe(self) -> str:
         return f"gumbel(k={self.top_k}, tau_g={self.gumbel_tau})"
 
 
 FEEDBACK_RULES: dict[str, type[FeedbackRule]] = {
-    "hidden": HiddenFeedback,
-    "projected": ProjectedFeedback,
-    "superposition": SuperpositionFeedback,
-    "gumbel": GumbelFeedback,
+    cls.name: cls
+    for cls in (HiddenFeedback, ProjectedFeedback, SuperpositionFeedback, GumbelFeedback)
 }
+"""Feedback rules by ``name``: ``FEEDBACK_RULES[r.name].from_config(r.config())`` rebuilds ``r``."""
 
 
-def make_feedback(name: str, **kwargs) -> FeedbackRule:
-    """Build a registered rule by name (``projected`` needs ``d_model``)."""
-    if name not in FEEDBACK_RULES:
-        raise ValueError(f"unknown feedback rule {name!r}; choose one of {sorted(FEEDBACK_RULES)}")
-    return FEEDBACK_RULES[name](**kwargs)
+def make_feedback(name: str, **config) -> FeedbackRule:
+    """Build a registered rule by name from its config (``projected`` needs ``d_model``).
+
+    Unknown names, unknown or missing keys and values out of range are a
+    :class:`~workbench.config.ConfigError` naming them.
+    """
+    return build_rule(FEEDBACK_RULES, "feedback", name, config)

@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from workbench.engine.feedback import FeedbackRule
-from workbench.engine.loop import base_and_head
+from workbench.engine.loop import base_and_head, require_cache_api
 
 
 @dataclass
@@ -56,7 +56,11 @@ def latent_forward(
     feedback: FeedbackRule,
     generator: torch.Generator | None = None,
 ) -> LatentForward:
-    """Multi-pass, KV-cached, differentiable forward over a :func:`~workbench.methods.layout.collate` batch."""
+    """Multi-pass, KV-cached, differentiable forward over a batch.
+
+    ``batch`` is a :func:`~workbench.data.layout.collate` batch (``input_ids``,
+    ``attention_mask``, ``position_ids``, ``latent_mask``, ``n_latent``, ``latent_start``).
+    """
     base, head = base_and_head(model)
     emb_layer = model.get_input_embeddings()
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
@@ -67,12 +71,13 @@ def latent_forward(
         out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
         return LatentForward(head(out.last_hidden_state), out.last_hidden_state)
     c0 = int(batch["latent_start"])
+    require_cache_api()
     cache = DynamicCache()
     out = base(
         inputs_embeds=embeds[:, :c0],
         attention_mask=mask[:, :c0],
         position_ids=pos[:, :c0],
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     hidden = [out.last_hidden_state]
@@ -89,7 +94,7 @@ def latent_forward(
             inputs_embeds=x[:, None],
             attention_mask=mask[:, : col + 1],
             position_ids=pos[:, col : col + 1],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         hidden.append(out.last_hidden_state)
@@ -99,7 +104,7 @@ def latent_forward(
             inputs_embeds=embeds[:, c0 + n :],
             attention_mask=mask,
             position_ids=pos[:, c0 + n :],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         hidden.append(out.last_hidden_state)

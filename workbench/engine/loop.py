@@ -5,7 +5,9 @@ rule (when the latent phase ends) on this one loop (RESEARCH Part A section 6, "
 Part B section 5, "LatentRollout engine"):
 
 1. Prefill the left-padded prompts ``question <bot>`` with an explicit attention mask and
-   per-sample position ids into a ``DynamicCache`` (current transformers cache API).
+   per-sample position ids into a ``DynamicCache`` (current transformers cache API: the model
+   takes it as ``cache=``, which transformers accepts from 5.24 on; ``past_key_values=`` is
+   deprecated there).
 2. Latent steps: read the LM-head distribution at the last position, ask the stop rule,
    feed the feedback embedding ``[B, 1, d]`` as ``inputs_embeds``. Samples that stopped keep
    stepping with the batch but their slot is masked out (attention mask 0) and their position
@@ -21,10 +23,12 @@ the cache, which is equivalent for greedy decoding and is tested against a full 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import torch
+import transformers
 from transformers import DynamicCache, PreTrainedModel
 
 from workbench.data.tokenizer import SpecialIds
@@ -39,7 +43,8 @@ class EngineOutput:
 
     trace: Trace
     generated: torch.Tensor
-    """[B, G] greedy tokens after the latent phase (and forced ``<eot>``), ``pad`` after ``<eos>``."""
+    """[B, G] greedy tokens after the latent phase (and forced ``<eot>``); ``pad`` after
+    ``<eos>``."""
     n_generated: torch.Tensor
     """[B] generated tokens per example, ``<eos>`` included when it was produced."""
     forward_passes: torch.Tensor
@@ -48,13 +53,32 @@ class EngineOutput:
     """Wall time of the run."""
 
 
+CACHE_KWARG_SINCE = "5.24.0"
+"""First transformers release whose models take the KV cache as ``cache=`` (older ones would
+swallow it in ``**kwargs`` and silently build a cache of their own)."""
+
+
+@functools.cache
+def require_cache_api() -> None:
+    """Raise ``ImportError`` unless the installed transformers takes ``cache=``."""
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version(CACHE_KWARG_SINCE):
+        raise ImportError(
+            f"the latent engine needs transformers >= {CACHE_KWARG_SINCE} (models take the KV "
+            f"cache as `cache=`); found {transformers.__version__}: "
+            f"pip install 'transformers>={CACHE_KWARG_SINCE}'"
+        )
+
+
 def base_and_head(model: PreTrainedModel):
     """The transformer body (returns hidden states) and the LM head of an HF causal LM."""
     base = model.base_model
     head = model.get_output_embeddings()
     if base is model or head is None:
         raise TypeError(
-            f"{type(model).__name__} does not look like an HF causal LM with a base model and LM head"
+            f"{type(model).__name__} does not look like an HF causal LM with a base model "
+            "and LM head"
         )
     return base, head
 
@@ -91,6 +115,7 @@ def run_latent(
     model writes its own ``<eot>``: pass ``append_eot=False``).
     """
     t0 = time.perf_counter()
+    require_cache_api()
     base, head = base_and_head(model)
     emb_w = model.get_input_embeddings().weight
     feedback = feedback or HiddenFeedback()
@@ -104,8 +129,9 @@ def run_latent(
     )
     if limit is not None and int(pos.max()) + 2 + max_latent_steps + max_new_tokens > limit:
         raise ValueError(
-            f"prompt ({int(pos.max()) + 1}) + max_latent_steps ({max_latent_steps}) + max_new_tokens "
-            f"({max_new_tokens}) exceeds the model's {limit} positions; shorten them or use a larger max_positions"
+            f"prompt ({int(pos.max()) + 1}) + max_latent_steps ({max_latent_steps}) + "
+            f"max_new_tokens ({max_new_tokens}) exceeds the model's {limit} positions; "
+            "shorten them or use a larger max_positions"
         )
     cache = DynamicCache()
     nfp = torch.ones(B, dtype=torch.long, device=dev)
@@ -119,7 +145,7 @@ def run_latent(
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=next_pos[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             output_hidden_states=record_hidden,
         )
@@ -129,7 +155,7 @@ def run_latent(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=pos,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         output_hidden_states=record_hidden,
     )

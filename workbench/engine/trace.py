@@ -77,7 +77,8 @@ class Trace:
         )
 
     def topk_table(self, tokenizer, example: int = 0, k: int = 5):
-        """A quick look at one example: per step, entropy and the top-k tokens with probabilities."""
+        """A quick look at one example: per step, entropy and the top-k tokens with their
+        probabilities."""
         import pandas as pd
 
         rows = []
@@ -92,7 +93,8 @@ class Trace:
                     "fed_latent": bool(self.fed[example, t]),
                     "entropy": float(self.entropy[example, t]),
                     "top_tokens": "  ".join(
-                        f"{tokenizer.convert_ids_to_tokens(i)!s}:{p:.2f}" for i, p in zip(ids, ps)
+                        f"{tokenizer.convert_ids_to_tokens(i)!s}:{p:.2f}"
+                        for i, p in zip(ids, ps, strict=True)
                     ),
                 }
             )

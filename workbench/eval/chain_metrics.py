@@ -9,25 +9,28 @@ Definitions (RESEARCH "Definitions the workbench adopts" and Part A 1.5):
   over the steps of an example, then over examples, times ``r``. All segment tokens in the top-K
   give ``r``; none gives 0. Always report K and r with it (the returned dict carries both).
   :func:`plain_compression_ratio` is the plain (explicit CoT tokens) / (latent steps).
-* **Alignments.** :func:`aligned_segments_fixed_rate` (Latent-SFT: consecutive ``r``-token segments
-  of the CoT, exactly the stage-1 segments) and :func:`aligned_segments_by_step` (Coconut: ``c``
-  latents per reasoning step, latent ``j`` <-> step ``j // c``).
-* **Which distribution belongs to latent i.** In the engine's :class:`~workbench.engine.trace.Trace`,
-  step ``t`` reads the distribution at the current last position (``t = 0``: ``<bot>``) and, if
-  the sample continues, feeds latent ``t + 1``. So latent ``i`` (1-based) belongs to step
-  ``t = i - 1``: ``trace.topk_ids[:, i-1]`` is the top of the LM-head distribution it was made
-  from, ``trace.fed[:, i-1]`` says it exists, and for vocabulary feedback rules
-  ``trace.weight_ids/weight_probs[:, i-1]`` are the tokens and weights actually mixed into it
-  (the top-k of the same distribution at the rule's temperature; pass them instead of
-  ``topk_ids`` to score exactly what was fed).
+* **Alignments** (:mod:`workbench.lens.alignment`, the one implementation):
+  :func:`aligned_segments_fixed_rate` (Latent-SFT: consecutive ``r``-token segments of the CoT,
+  exactly the stage-1 segments) and :func:`aligned_segments_by_step` (Coconut: ``c`` latents per
+  reasoning step, latent ``j`` <-> step ``j // c``, ``c * len(steps)`` segments) are
+  ``Alignment(...).targets(tex)``; :func:`ecr_from_trace` also takes any ``alignment=``.
+* **Which distribution belongs to latent i.** In the engine's
+  :class:`~workbench.engine.trace.Trace`, step ``t`` reads the distribution at the current last
+  position (``t = 0``: ``<bot>``) and, if the sample continues, feeds latent ``t + 1``. So latent
+  ``i`` (1-based) belongs to step ``t = i - 1``: ``trace.topk_ids[:, i-1]`` is the top of the
+  LM-head distribution it was made from, ``trace.fed[:, i-1]`` says it exists, and for vocabulary
+  feedback rules ``trace.weight_ids/weight_probs[:, i-1]`` are the tokens and weights actually
+  mixed into it (the top-k of the same distribution at the rule's temperature; pass them instead
+  of ``topk_ids`` to score exactly what was fed).
 * **Effective global parallelism, N_eff** (:func:`effective_global_parallelism`, RESEARCH 1.5
   steps 1-8, from the reference's ``parallelism.py``): for one question with M explicit solution
   paths, reference latents ``z_{m,s}`` of each path (stage-1 encoder), each path split into T
   equal segments, candidate latents ``z^_t`` with distributions ``p_t`` (top-100), greedy
   assignment of each ``t`` (in order) to the nearest unused ``s`` by cosine distance,
-  ``score_m = (1/T) sum_t log(sum_{v in S_{m,sigma(t)} cap Top100(p_t)} p_t(v) + eps)`` (``S`` as a
-  token set), ``pi = softmax(score / tau)``, ``N_eff = exp(H(pi))``; ``N_eff_naive`` is the same
-  with uniformly random assignments averaged over 64 trials; report both and their ratio.
+  ``score_m = (1/T) sum_t log(sum_{v in S_{m,sigma(t)} cap Top100(p_t)} p_t(v) + eps)``
+  (``S`` as a token set), ``pi = softmax(score / tau)``, ``N_eff = exp(H(pi))``;
+  ``N_eff_naive`` is the same with uniformly random assignments averaged over 64 trials; report
+  both and their ratio.
 * **Multiplication paths** (:func:`latent_sft_parallelism`): M = 2 explicit solution paths per
   question, the CoT of ``a*b`` (the example's own) and the CoT of ``b*a``
   (``multiplication.make_example(b, a)``), both read by the stage-1 encoder after the *same*
@@ -47,7 +50,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.methods.layout import TokenizedExample
+from workbench.data.layout import TokenizedExample
+from workbench.lens.alignment import Alignment
 
 # --------------------------------------------------------------------------------------------
 # Alignments
@@ -55,17 +59,19 @@ from workbench.methods.layout import TokenizedExample
 
 
 def aligned_segments_fixed_rate(tex: TokenizedExample, r: int) -> list[list[int]]:
-    """Latent-SFT alignment: latent ``i`` <-> the i-th ``r``-token segment of the CoT (the stage-1 segments)."""
-    from workbench.methods.latent_sft import cot_segments
+    """Latent-SFT alignment: latent ``i`` <-> the i-th ``r``-token segment of the CoT.
 
-    return cot_segments(tex, r)
+    Exactly the stage-1 segments: ``Alignment(tokens_per_latent=r).targets(tex)``.
+    """
+    return Alignment(tokens_per_latent=r).targets(tex)
 
 
 def aligned_segments_by_step(tex: TokenizedExample, c: int) -> list[list[int]]:
-    """Coconut alignment: ``c`` latents per step, latent ``j`` (0-based) <-> ``tex.steps[j // c]``."""
-    if c < 1:
-        raise ValueError(f"c (latents per step) must be >= 1, got {c}")
-    return [list(tex.steps[j // c]) for j in range(c * len(tex.steps))]
+    """Coconut alignment: ``c`` latents per step, latent ``j`` (0-based) <-> ``tex.steps[j // c]``.
+
+    ``c * len(tex.steps)`` segments: ``Alignment(latents_per_step=c).targets(tex)``.
+    """
+    return Alignment(latents_per_step=c).targets(tex)
 
 
 def equal_segments(ids: Sequence[int], T: int) -> list[list[int]]:
@@ -90,7 +96,8 @@ def effective_compression_rate(
     K: int,
     r: float,
 ) -> dict:
-    """ECR@K (module docstring): ``r`` x the mean fraction of aligned-segment tokens in latent i's top-K.
+    """ECR@K (module docstring): ``r`` x the mean fraction of aligned-segment tokens in latent
+    i's top-K.
 
     ``trace_topk_ids`` [B, S, k>=K] (sorted by probability, as the engine records them) and
     ``trace_fed`` [B, S] in the trace's row order; ``aligned_segments[b][i-1]`` is the segment
@@ -155,24 +162,31 @@ def ecr_from_trace(
     mode: str = "fixed_rate",
     c: int = 1,
     use_fed_weights: bool = False,
+    alignment: Alignment | None = None,
 ) -> dict:
-    """ECR@K of an engine trace (``evaluate(..., record_trace=True)``) against ``texs`` (in example order).
+    """ECR@K of an engine trace (``evaluate(..., record_trace=True)``) against ``texs``.
 
-    ``mode='fixed_rate'`` aligns with ``r``-token CoT segments (Latent-SFT); ``mode='by_step'``
-    with Coconut's steps (``c`` latents per step; ``r`` is then the mean step length you report).
-    ``use_fed_weights`` scores ``trace.weight_ids`` (what was mixed in) instead of ``trace.topk_ids``.
+    ``texs`` are in example order. ``mode='fixed_rate'`` aligns with ``r``-token CoT segments
+    (Latent-SFT); ``mode='by_step'`` with Coconut's steps (``c`` latents per step; ``r`` is then
+    the mean step length you report). ``alignment`` (a method's
+    :class:`~workbench.lens.alignment.Alignment`) replaces ``mode``/``c``: its segments are
+    ``alignment.targets(tex)``. ``use_fed_weights`` scores ``trace.weight_ids`` (what was mixed
+    in) instead of ``trace.topk_ids``.
     """
     order = trace_rows_to_examples(trace)
-    if mode == "fixed_rate":
-        segs = [aligned_segments_fixed_rate(texs[i], r) for i in order]
-    elif mode == "by_step":
-        segs = [aligned_segments_by_step(texs[i], c) for i in order]
-    else:
-        raise ValueError(f"mode must be 'fixed_rate' or 'by_step', got {mode!r}")
+    if alignment is None:
+        if mode == "fixed_rate":
+            alignment = Alignment(tokens_per_latent=r)
+        elif mode == "by_step":
+            alignment = Alignment(latents_per_step=c)
+        else:
+            raise ValueError(f"mode must be 'fixed_rate' or 'by_step', got {mode!r}")
+    segs = [alignment.targets(texs[i]) for i in order]
     ids = trace.weight_ids if use_fed_weights else trace.topk_ids
     if ids is None:
         raise ValueError(
-            "the trace has no weight_ids (not a vocabulary feedback rule); use use_fed_weights=False"
+            "the trace has no weight_ids (not a vocabulary feedback rule); "
+            "use use_fed_weights=False"
         )
     return effective_compression_rate(ids, trace.fed, segs, K, r)
 
@@ -201,7 +215,10 @@ def n_eff_from_scores(scores, tau: float = 1.0) -> float:
 
 
 def greedy_assignment(candidates: torch.Tensor, references: torch.Tensor) -> list[int]:
-    """Assign each candidate ``t`` (in order) to the nearest unused reference ``s`` by cosine distance."""
+    """Assign each candidate ``t`` (in order) to the nearest unused reference ``s``.
+
+    Distance: cosine distance.
+    """
     c = torch.nn.functional.normalize(candidates.double(), dim=-1)
     r = torch.nn.functional.normalize(references.double(), dim=-1)
     dist = 1.0 - c @ r.T  # [T, S]
@@ -226,13 +243,18 @@ def path_score(
     assignment: Sequence[int],
     eps: float = 1e-6,
 ) -> float:
-    """``(1/T) sum_t log(sum_{v in S_{sigma(t)} cap Top(p_t)} p_t(v) + eps)`` (RESEARCH 1.5 step 5)."""
+    """``(1/T) sum_t log(sum_{v in S_{sigma(t)} cap Top(p_t)} p_t(v) + eps)``.
+
+    RESEARCH 1.5 step 5.
+    """
     total = 0.0
     T = cand_ids.shape[0]
     for t in range(T):
         seg = set(segments[assignment[t]])
         mass = sum(
-            float(p) for v, p in zip(cand_ids[t].tolist(), cand_probs[t].tolist()) if v in seg
+            float(p)
+            for v, p in zip(cand_ids[t].tolist(), cand_probs[t].tolist(), strict=True)
+            if v in seg
         )
         total += math.log(mass + eps)
     return total / T
@@ -320,17 +342,19 @@ def latent_sft_parallelism(
     seed: int = 0,
     batch_size: int = 256,
 ) -> tuple[pd.DataFrame, dict]:
-    """N_eff of a Latent-SFT stage-2 ``model`` on multiplication ``examples`` (M = 2 paths: a*b, b*a).
+    """N_eff of a Latent-SFT stage-2 ``model`` on multiplication ``examples``.
+
+    M = 2 paths per question: a*b and b*a.
 
     Runs the model with the Latent-SFT spec (recording the top-``top_k`` read distributions and
     the fed embeddings), builds the two paths per question, encodes them with the stage-1
     ``encoder`` (module docstring) and returns a per-question DataFrame plus the means
     (``n_eff``, ``n_eff_naive``, ``ratio``, ``questions``). Questions with 0 latents are skipped.
     """
+    from workbench.data.layout import tokenize_examples
     from workbench.data.tasks import multiplication
     from workbench.eval.evaluator import evaluate
     from workbench.methods.latent_sft import LatentSFTConfig, encode_examples, latent_sft_spec
-    from workbench.methods.layout import tokenize_examples
 
     config = config or LatentSFTConfig()
     examples = [dict(e) for e in examples]
@@ -366,7 +390,7 @@ def latent_sft_parallelism(
     refs = []
     for path_texs in (texs, texs_sw):
         sel = [path_texs[i] for _, i, _ in jobs]
-        segs = [equal_segments(t.reasoning(), T) for t, (_, _, T) in zip(sel, jobs)]
+        segs = [equal_segments(t.reasoning(), T) for t, (_, _, T) in zip(sel, jobs, strict=True)]
         fbs = encode_examples(
             encoder,
             E,

@@ -25,26 +25,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workbench.data.tokenizer import special_ids
-from workbench.engine.feedback import FeedbackRule
 from workbench.engine.loop import run_latent
-from workbench.engine.stop import StopRule
+from workbench.engine.spec import LatentSpec
 from workbench.engine.trace import Trace
 from workbench.eval.answers import extract_fallback, normalize_answer
-from workbench.methods.layout import pad_prompts, prompt_ids, tokenize_examples
-
-
-@dataclass
-class LatentSpec:
-    """How a method runs its latent phase at inference (``None`` in :func:`evaluate` = no latents)."""
-
-    feedback: FeedbackRule | None = None
-    """Feedback rule (``None``: hidden state, Coconut)."""
-    stop: StopRule | None = None
-    """Stop rule (``None``: exactly ``max_latent_steps``)."""
-    max_latent_steps: int = 6
-    """Hard cap on latents per example."""
-    append_eot: bool = True
-    """Force ``<eot>`` after the latents (Coconut, Latent-SFT); ``False`` lets the model write it."""
+from workbench.data.layout import pad_prompts, prompt_ids, tokenize_examples
 
 
 @dataclass

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.lens.trajectory import WHITE, LatentTrajectory
+from workbench.lens.trajectory import LatentTrajectory
+from workbench.viz.theme import WHITE
 
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go

@@ -3,10 +3,20 @@
 A :class:`LatentTrajectory` holds, for one or many examples and every latent step of an
 engine run (a :class:`~workbench.engine.trace.Trace`), the LM-head distribution read at that
 step, the superposition weights actually fed (vocabulary feedback rules only), the per-layer
-logit lens, and the alignment targets: the tokens of the explicit CoT step the latent
-replaced. It follows tuned-lens's ``PredictionTrajectory``: a dataclass whose shapes are
-checked in ``__post_init__``, one constructor from a run, and statistic methods that each
-return a small object whose ``.figure()`` is a :class:`plotly.graph_objects.Figure`.
+logit lens, and the alignment targets: the CoT tokens the latent replaced. It follows
+tuned-lens's ``PredictionTrajectory``: a dataclass whose shapes are checked in
+``__post_init__``, one constructor from a run, and statistic methods that each return a small
+object whose ``.figure()`` is a :class:`plotly.graph_objects.Figure`.
+
+The lens is split along its ideas, one module each:
+
+* :mod:`workbench.lens.alignment`: which CoT tokens latent ``j`` stands for (:class:`Alignment`);
+* :mod:`workbench.lens.logit_lens`: final norm, logit lens, token display text;
+* :mod:`workbench.lens.statistics`: the statistic dataclasses (data, tables, aggregates);
+* :mod:`workbench.viz.trajectory_figures` and :mod:`workbench.viz.theme`: their figures;
+* this module: :class:`LatentTrajectory` and :func:`compare_trajectories`. It re-exports the
+  names it always exported (``targets_by_step``, ``final_norm``, ``WHITE``...), so older
+  imports keep working.
 
 Steps (as in the trace). Read ``t = 0`` is at the ``<bot>`` position, read ``t`` (``t >= 1``)
 at latent ``t``'s position. The distribution (and hidden state) of read ``t`` is what latent
@@ -45,11 +55,33 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.lens.alignment import (
+    Alignment,
+    default_alignment,
+    targets_by_step,
+    targets_fixed_rate,
+)
+from workbench.lens.logit_lens import (
+    final_norm,
+    join_tokens,
+    lm_head_log_probs,
+    logit_lens,
+    token_strings,
+)
+from workbench.lens.statistics import (
+    LayerStatistic,
+    StepStatistic,
+    Superposition,
+    TopKTokens,
+    quiet_nan,
+    read_labels,
+)
+from workbench.viz.theme import WHITE
+
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
     from workbench.engine.trace import Trace
-    from workbench.methods.layout import TokenizedExample
 
 __all__ = [
     "LatentTrajectory",
@@ -66,505 +98,39 @@ __all__ = [
     "COLLAPSE_CRITERIA",
     "WHITE",
     "join_tokens",
+    "Alignment",
+    "resolve_alignment",
 ]
 
 COLLAPSE_CRITERIA = ("prob", "argmax", "top_p")
-_NORM_NAMES = ("ln_f", "norm", "final_layer_norm", "norm_f", "final_layernorm", "final_norm")
-_SPACE_MARKS = {" ": "␣", "Ġ": "␣", "▁": "␣", "\n": "↵", "Ċ": "↵", "\t": "⇥"}
-
-
-# ----- alignment targets ---------------------------------------------------------------------
-
-
-def targets_by_step(
-    tokenized_example: TokenizedExample, n_latent: int, c: int = 1
-) -> list[list[int]]:
-    """Coconut-style alignment: latent ``j`` (0-based) replaced CoT step ``j // c``.
-
-    Args:
-        tokenized_example: The example's token ids (``.steps``: one id list per CoT step).
-        n_latent: Latents the example was given.
-        c: Latents per replaced step (Coconut's ``c_thought``).
-
-    Returns:
-        ``n_latent`` lists of token ids (empty for a latent past the last step).
-    """
-    if c < 1:
-        raise ValueError(f"targets_by_step needs c >= 1 latents per step, got {c}")
-    steps = tokenized_example.steps
-    return [list(steps[j // c]) if j // c < len(steps) else [] for j in range(n_latent)]
-
-
-def targets_fixed_rate(tokenized_example: TokenizedExample, r: int) -> list[list[int]]:
-    """Fixed-rate alignment: latent ``j`` replaced reasoning tokens ``[j*r, (j+1)*r)``.
-
-    The reasoning is the steps joined by the tokenizer's separator (as in the training
-    layout), so a separator token can be part of a chunk.
-
-    Args:
-        tokenized_example: The example's token ids.
-        r: CoT tokens compressed into one latent.
-
-    Returns:
-        ``ceil(len(reasoning) / r)`` lists of token ids.
-    """
-    if r < 1:
-        raise ValueError(f"targets_fixed_rate needs a rate r >= 1, got {r}")
-    ids = tokenized_example.reasoning()
-    return [list(ids[i : i + r]) for i in range(0, len(ids), r)]
-
-
-# ----- model pieces --------------------------------------------------------------------------
-
-
-def final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """The final norm of an HF causal LM (``ln_f`` for GPT-2, ``norm`` for Llama...)."""
-    base = getattr(model, "base_model", model)
-    for owner in (base, getattr(base, "decoder", None), model):
-        if owner is None:
-            continue
-        for name in _NORM_NAMES:
-            mod = getattr(owner, name, None)
-            if isinstance(mod, torch.nn.Module):
-                return mod
-    raise TypeError(
-        f"cannot find the final norm of {type(model).__name__} "
-        f"(looked for {', '.join(_NORM_NAMES)}); "
-        "pass final_norm=<module> to LatentTrajectory.from_trace / logit_lens"
-    )
-
-
-@torch.no_grad()
-def logit_lens(
-    hidden_states: torch.Tensor,
-    model: torch.nn.Module,
-    *,
-    norm: torch.nn.Module | None = None,
-    chunk: int = 4096,
-) -> torch.Tensor:
-    """Per-layer log-probabilities ``[..., L+1, V]`` of hidden states ``[..., L+1, d]``.
-
-    Entry ``l < L`` goes through the final norm and the LM head; the last entry is already
-    normed (HF returns it after the final norm), so it only goes through the head.
-    """
-    from workbench.engine.loop import base_and_head
-
-    _, head = base_and_head(model)
-    norm = norm if norm is not None else final_norm(model)
-    w = head.weight
-    lead, (n_layers, d) = hidden_states.shape[:-2], hidden_states.shape[-2:]
-    flat = hidden_states.reshape(-1, n_layers, d)
-    out = torch.empty(flat.shape[0], n_layers, w.shape[0], dtype=torch.float32)
-    for s in range(0, flat.shape[0], max(1, chunk // n_layers)):
-        h = flat[s : s + max(1, chunk // n_layers)].to(device=w.device, dtype=w.dtype)
-        normed = torch.cat([norm(h[:, :-1]), h[:, -1:]], 1)
-        out[s : s + h.shape[0]] = torch.log_softmax(head(normed).float(), -1).cpu()
-    return out.reshape(*lead, n_layers, w.shape[0])
-
-
-def token_strings(tokenizer, vocab_size: int | None = None) -> list[str]:
-    """Display text of every token id (spaces and newlines made visible: ``␣``, ``↵``)."""
-    n = len(tokenizer)
-    vocab_size = max(n, vocab_size or 0)
-    toks = tokenizer.convert_ids_to_tokens(list(range(n)))
-    out = []
-    for t in toks:
-        t = "" if t is None else str(t)
-        for k, v in _SPACE_MARKS.items():
-            t = t.replace(k, v)
-        out.append(t)
-    return out + [f"<{i}>" for i in range(n, vocab_size)]
-
-
-# ----- statistics ------------------------------------------------------------------------------
-
-
-def _labels(n: int, fed: np.ndarray | None) -> list[str]:
-    """Tick labels of reads ``0..n-1``: ``z{t+1}`` when a latent was fed after it, else ``end``."""
-    return [f"z{t + 1}" if fed is None or bool(fed[t]) else "end" for t in range(n)]
-
-
-def _go():
-    import plotly.graph_objects as go
-
-    return go
-
-
-@dataclass
-class StepStatistic:
-    """One number per example and step (``values[b, t]``, NaN on padded steps).
-
-    Attributes:
-        name: What the values are (figure titles, column names).
-        values: ``[B, S]`` array.
-        valid: ``[B, S]`` bool, the steps each example really has.
-        fed: ``[B, S]`` bool, a latent was fed after the read.
-        units: Axis label suffix, e.g. ``"nats"``.
-        method: Name of the method (legend).
-    """
-
-    name: str
-    values: np.ndarray
-    valid: np.ndarray
-    fed: np.ndarray
-    units: str = ""
-    method: str = ""
-
-    def __post_init__(self) -> None:
-        self.values = np.asarray(self.values, dtype=np.float64)
-        if self.values.shape != self.valid.shape or self.fed.shape != self.valid.shape:
-            raise ValueError(
-                f"{self.name}: values {self.values.shape}, valid {self.valid.shape} and fed "
-                f"{self.fed.shape} must all be [B, S]"
-            )
-        self.values = np.where(self.valid, self.values, np.nan)
-
-    def example(self, b: int) -> np.ndarray:
-        """Values of example ``b`` on its valid steps."""
-        return self.values[b][self.valid[b]]
-
-    def mean(self) -> np.ndarray:
-        """Mean over examples per step (``[S]``; NaN values are skipped, NaN where none is left)."""
-        with np.errstate(all="ignore"):
-            counts = (~np.isnan(self.values)).sum(0)
-            sums = np.nansum(self.values, 0)
-            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-    def to_frame(self) -> pd.DataFrame:
-        """Long table: example, step, value (valid steps only)."""
-        b, t = np.nonzero(self.valid)
-        return pd.DataFrame({"example": b, "step": t, self.name: self.values[b, t]})
-
-    def figure(self, example: int | None = None) -> go.Figure:
-        """Line over steps for one example, or the mean +- std over examples (``example=None``)."""
-        go = _go()
-        label = f"{self.name} ({self.units})" if self.units else self.name
-        if example is not None or self.values.shape[0] == 1:
-            b = 0 if example is None else example
-            y = self.example(b)
-            fig = go.Figure(
-                go.Scatter(
-                    x=list(range(len(y))),
-                    y=y,
-                    mode="lines+markers",
-                    name=self.method or label,
-                    customdata=_labels(len(y), self.fed[b]),
-                    hovertemplate="read %{x} (%{customdata})<br>%{y:.4g}<extra></extra>",
-                )
-            )
-            fig.update_xaxes(tickvals=list(range(len(y))), ticktext=_labels(len(y), self.fed[b]))
-            title = f"{label} per latent step, example {b}"
-        else:
-            m = self.mean()
-            with np.errstate(all="ignore"), _quiet():
-                sd = np.nanstd(self.values, 0)
-            n = (~np.isnan(self.values)).sum(0)
-            keep = n > 0
-            x = np.arange(len(m))[keep]
-            fig = go.Figure(
-                go.Scatter(
-                    x=x,
-                    y=m[keep],
-                    error_y=dict(type="data", array=sd[keep], visible=True),
-                    mode="lines+markers",
-                    name=self.method or label,
-                    customdata=n[keep],
-                    hovertemplate="read %{x}<br>mean %{y:.4g}<br>n=%{customdata}<extra></extra>",
-                )
-            )
-            title = f"{label} per latent step (mean ± std over {self.values.shape[0]} examples)"
-        fig.update_layout(
-            title=_title(title, self.method),
-            xaxis_title="latent step (read t feeds z(t+1))",
-            yaxis_title=label,
-            **WHITE,
-        )
-        return fig
-
-
-@dataclass
-class LayerStatistic:
-    """One number per example, step and layer (``values[b, t, l]``), with each cell's top-1 token.
-
-    Attributes:
-        name: What the values are.
-        values: ``[B, S, L+1]`` array (layer 0 is the embedding output).
-        top_tokens: ``[B, S, L+1]`` object array of the logit lens's top-1 token text.
-        valid: ``[B, S]`` bool.
-        fed: ``[B, S]`` bool.
-        units: Colour-bar label suffix.
-        method: Method name.
-    """
-
-    name: str
-    values: np.ndarray
-    top_tokens: np.ndarray
-    valid: np.ndarray
-    fed: np.ndarray
-    units: str = ""
-    method: str = ""
-
-    def __post_init__(self) -> None:
-        self.values = np.asarray(self.values, dtype=np.float64)
-        if self.values.shape[:2] != self.valid.shape or self.top_tokens.shape != self.values.shape:
-            raise ValueError(
-                f"{self.name}: values {self.values.shape}, top_tokens {self.top_tokens.shape} "
-                "must be "
-                f"[B, S, L+1] with [B, S] = {self.valid.shape}"
-            )
-        self.values = np.where(self.valid[..., None], self.values, np.nan)
-
-    @property
-    def num_layers(self) -> int:
-        """Number of transformer layers ``L`` (the values have ``L + 1`` entries)."""
-        return self.values.shape[2] - 1
-
-    def example(self, b: int) -> np.ndarray:
-        """``[L+1, n_steps]`` matrix of example ``b`` (layers as rows)."""
-        return self.values[b][self.valid[b]].T
-
-    def figure(self, example: int = 0, show_tokens: bool = True) -> go.Figure:
-        """Layer x step heatmap of example ``example``; cells show the logit lens's top-1 token."""
-        go = _go()
-        z = self.example(example)
-        n = z.shape[1]
-        text = self.top_tokens[example][self.valid[example]].T
-        labels = _labels(n, self.fed[example])
-        L = self.num_layers
-        ylabels = ["emb"] + [str(i) for i in range(1, L)] + [f"{L} (final)"] if L >= 1 else ["emb"]
-        label = f"{self.name} ({self.units})" if self.units else self.name
-        heat = go.Heatmap(
-            z=z,
-            x=labels,
-            y=ylabels,
-            text=text,
-            colorscale="Viridis",
-            colorbar=dict(title=dict(text=label)),
-            hovertemplate="step %{x}<br>layer %{y}<br>"
-            + self.name
-            + " %{z:.4g}<br>top-1 %{text}<extra></extra>",
-        )
-        if show_tokens:
-            heat.update(texttemplate="%{text}", textfont=dict(size=11))
-        fig = go.Figure(heat)
-        fig.update_layout(
-            title=_title(f"Logit lens: {label}, example {example}", self.method),
-            xaxis_title="latent step",
-            yaxis_title="layer",
-            **WHITE,
-        )
-        return fig
-
-
-@dataclass
-class TopKTokens:
-    """The top-k tokens of each step's distribution (one layer of the logit lens, or the LM head).
-
-    Attributes:
-        ids: ``[B, S, k]`` token ids.
-        probs: ``[B, S, k]`` probabilities.
-        text: ``[B, S, k]`` object array of token text.
-        is_target: ``[B, S, k]`` bool, the token is one of the step's alignment targets.
-        valid: ``[B, S]`` bool.
-        fed: ``[B, S]`` bool.
-        layer: Logit-lens layer (``None``: the LM-head read).
-        method: Method name.
-    """
-
-    ids: np.ndarray
-    probs: np.ndarray
-    text: np.ndarray
-    is_target: np.ndarray
-    valid: np.ndarray
-    fed: np.ndarray
-    layer: int | None = None
-    method: str = ""
-
-    def __post_init__(self) -> None:
-        if not (self.ids.shape == self.probs.shape == self.text.shape == self.is_target.shape):
-            raise ValueError(
-                "TopKTokens: ids, probs, text and is_target must share a [B, S, k] shape"
-            )
-        if self.ids.shape[:2] != self.valid.shape:
-            raise ValueError(
-                f"TopKTokens: [B, S] of ids {self.ids.shape[:2]} != valid {self.valid.shape}"
-            )
-
-    @property
-    def k(self) -> int:
-        """Tokens per step."""
-        return self.ids.shape[2]
-
-    def to_frame(self, example: int | None = None) -> pd.DataFrame:
-        """Long table: example, step, rank, token_id, token, prob, is_target (valid steps)."""
-        rows = []
-        for b in range(self.ids.shape[0]) if example is None else [example]:
-            for t in np.nonzero(self.valid[b])[0]:
-                for r in range(self.k):
-                    rows.append(
-                        {
-                            "example": b,
-                            "step": int(t),
-                            "rank": r + 1,
-                            "token_id": int(self.ids[b, t, r]),
-                            "token": self.text[b, t, r],
-                            "prob": float(self.probs[b, t, r]),
-                            "is_target": bool(self.is_target[b, t, r]),
-                        }
-                    )
-        return pd.DataFrame(rows)
-
-    def figure(self, example: int = 0, highlight_targets: bool = True) -> go.Figure:
-        """Heatmap: steps as columns, ranks 1..k as rows, colour = probability, cells = token text.
-
-        Target tokens (the CoT step the latent replaced) are drawn bold.
-        """
-        go = _go()
-        v = self.valid[example]
-        probs = self.probs[example][v].T  # [k, n]
-        text = self.text[example][v].T.astype(object)
-        if highlight_targets:
-            tgt = self.is_target[example][v].T
-            text = np.where(
-                tgt, np.char.add(np.char.add("<b>", text.astype(str)), "</b>"), text
-            ).astype(object)
-        n = probs.shape[1]
-        fig = go.Figure(
-            go.Heatmap(
-                z=probs,
-                x=_labels(n, self.fed[example]),
-                y=[f"#{r + 1}" for r in range(self.k)],
-                text=text,
-                texttemplate="%{text}",
-                textfont=dict(size=12),
-                colorscale="Blues",
-                zmin=0.0,
-                zmax=1.0,
-                colorbar=dict(title=dict(text="prob")),
-                hovertemplate="step %{x}<br>rank %{y}<br>token %{text}<br>p = %{z:.4f}"
-                "<extra></extra>",
-            )
-        )
-        where = "LM head" if self.layer is None else f"layer {self.layer}"
-        fig.update_layout(
-            title=_title(
-                f"Top-{self.k} tokens per latent step ({where}), example {example}", self.method
-            ),
-            xaxis_title="latent step",
-            yaxis_title="rank",
-            **WHITE,
-        )
-        fig.update_yaxes(autorange="reversed")
-        return fig
-
-
-@dataclass
-class Superposition:
-    """Token weights per step: what a vocabulary rule fed, or the read's top-k when it feeds none.
-
-    Attributes:
-        ids: ``[B, S, k]`` token ids.
-        weights: ``[B, S, k]`` mixing weights (they sum to 1 over k for fed superpositions).
-        text: ``[B, S, k]`` token text.
-        valid: ``[B, S]`` bool: steps to draw (fed steps for ``source="fed"``).
-        fed: ``[B, S]`` bool.
-        source: ``"fed"`` (weights actually fed) or ``"read"`` (LM-head top-k).
-        method: Method name.
-    """
-
-    ids: np.ndarray
-    weights: np.ndarray
-    text: np.ndarray
-    valid: np.ndarray
-    fed: np.ndarray
-    source: str = "fed"
-    method: str = ""
-
-    def figure(self, example: int = 0, step: int | None = None) -> go.Figure:
-        """Bars of the weights at ``step``, or stacked bars over all steps (``step=None``)."""
-        go = _go()
-        what = (
-            "fed superposition"
-            if self.source == "fed"
-            else "LM-head top-k (this rule feeds no superposition)"
-        )
-        steps = np.nonzero(self.valid[example])[0]
-        if step is not None:
-            w, tx = self.weights[example, step], self.text[example, step]
-            fig = go.Figure(
-                go.Bar(
-                    x=[f"{s} " if s in tx[:i] else s for i, s in enumerate(tx)],
-                    y=w,
-                    text=list(tx),
-                    textposition="outside",
-                    hovertemplate="token %{x}<br>weight %{y:.4f}<extra></extra>",
-                )
-            )
-            fig.update_layout(
-                title=_title(f"{what}, example {example}, read {step}", self.method),
-                xaxis_title="token",
-                yaxis_title="weight",
-                **WHITE,
-            )
-            return fig
-        labels = _labels(len(self.valid[example]), self.fed[example])
-        x = [labels[t] for t in steps]
-        fig = go.Figure()
-        for r in range(self.ids.shape[2]):
-            fig.add_trace(
-                go.Bar(
-                    x=x,
-                    y=self.weights[example, steps, r],
-                    name=f"#{r + 1}",
-                    text=self.text[example, steps, r],
-                    textposition="inside",
-                    insidetextanchor="middle",
-                    showlegend=False,
-                    hovertemplate="step %{x}<br>token %{text}<br>weight %{y:.4f}<extra>#"
-                    + str(r + 1)
-                    + "</extra>",
-                )
-            )
-        fig.update_layout(
-            barmode="stack",
-            title=_title(f"{what} per latent step, example {example}", self.method),
-            xaxis_title="latent step",
-            yaxis_title="weight",
-            **WHITE,
-        )
-        return fig
-
-
-WHITE = {
-    "plot_bgcolor": "white",
-    "paper_bgcolor": "white",
-    "xaxis_gridcolor": "#ebebeb",
-    "yaxis_gridcolor": "#ebebeb",
-    "xaxis_zerolinecolor": "#d9d9d9",
-    "yaxis_zerolinecolor": "#d9d9d9",
-}
-"""A light white layout like plotly's ``plotly_white`` template (~8x cheaper to apply)."""
-
-
-def _title(text: str, method: str) -> str:
-    return f"{method}: {text}" if method else text
-
-
-class _quiet:
-    """Silence numpy's all-NaN warnings inside a block."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
-
 
 # ----- the trajectory ----------------------------------------------------------------------------
+
+
+def resolve_alignment(
+    alignment: Alignment | None = None,
+    latents_per_step: int | None = None,
+    fixed_rate: int | None = None,
+) -> Alignment | None:
+    """The one :class:`Alignment` meant by ``alignment`` or one of its shorthands.
+
+    ``fixed_rate`` wins over ``latents_per_step`` (as it always did); combining ``alignment``
+    with a shorthand is an error. ``None``: nothing declared (the caller infers by step).
+    """
+    if alignment is not None:
+        if latents_per_step is not None or fixed_rate is not None:
+            raise ValueError(
+                f"give alignment={alignment} or its shorthands latents_per_step / fixed_rate, "
+                "not both"
+            )
+        if not isinstance(alignment, Alignment):
+            raise TypeError(f"alignment must be an Alignment, got {type(alignment).__name__}")
+        return alignment
+    if fixed_rate is not None:
+        return Alignment(tokens_per_latent=fixed_rate)
+    if latents_per_step is not None:
+        return Alignment(latents_per_step=latents_per_step)
+    return None
 
 
 def _as_batch(x: torch.Tensor | None, dims: int, name: str) -> torch.Tensor | None:
@@ -802,6 +368,7 @@ class LatentTrajectory:
         examples: Sequence[Mapping[str, Any]] | None = None,
         aligned_targets: list[list[list[int]]] | None = None,
         layers: bool = True,
+        alignment: Alignment | None = None,
         latents_per_step: int | None = None,
         fixed_rate: int | None = None,
         correct: Sequence[bool] | None = None,
@@ -827,9 +394,13 @@ class LatentTrajectory:
             aligned_targets: Explicit targets (per example, per step, token ids); overrides
                 the ones built from ``examples``.
             layers: Compute the per-layer logit lens (needs hidden states and ``model``).
-            latents_per_step: ``c`` of :func:`targets_by_step`; ``None`` infers
-                ``max(1, n_latent // n_steps)`` per example.
-            fixed_rate: Use :func:`targets_fixed_rate` with this ``r`` instead of steps.
+            alignment: Which CoT tokens each latent stands for (the method's
+                :class:`~workbench.lens.alignment.Alignment`, e.g. from
+                :func:`workbench.methods.lens_alignment`). ``None`` (and no shorthand below)
+                infers a by-step alignment with ``c = max(1, n_latent // n_steps)`` per example
+                (:func:`~workbench.lens.alignment.default_alignment`).
+            latents_per_step: Shorthand for ``alignment=Alignment(latents_per_step=c)``.
+            fixed_rate: Shorthand for ``alignment=Alignment(tokens_per_latent=r)``.
             correct, predictions: Per-example results (in the caller's order).
             method: Method name for legends.
             norm: The final norm module when :func:`final_norm` cannot find it.
@@ -865,14 +436,7 @@ class LatentTrajectory:
             layer_lp = logit_lens(hs, model, norm=norm)
             log_probs = layer_lp[:, :, -1] if log_probs is None else log_probs
         elif log_probs is None and hs is not None and model is not None:
-            from workbench.engine.loop import base_and_head
-
-            _, head = base_and_head(model)
-            with torch.no_grad():
-                w = head.weight
-                log_probs = torch.log_softmax(
-                    head(hs[:, :, -1].to(w.device, w.dtype)).float(), -1
-                ).cpu()
+            log_probs = lm_head_log_probs(hs[:, :, -1], model)
         texs = None
         if examples is not None:
             examples = [dict(e) for e in examples]
@@ -880,18 +444,16 @@ class LatentTrajectory:
                 raise ValueError(f"got {len(examples)} examples for a trace of {B} rows")
             if tokenizer is None:
                 raise ValueError("examples= needs tokenizer= to build targets and answers")
-            from workbench.methods.layout import tokenize_examples
+            from workbench.data.layout import tokenize_examples
 
             texs = tokenize_examples(examples, tokenizer)
+        alignment = resolve_alignment(alignment, latents_per_step, fixed_rate)
         if aligned_targets is None and texs is not None:
             aligned_targets = []
             for b, tex in enumerate(texs):
                 n = int(n_latent[b])
-                if fixed_rate is not None:
-                    aligned_targets.append(targets_fixed_rate(tex, fixed_rate)[:n])
-                else:
-                    c = latents_per_step or max(1, n // max(1, len(tex.steps)))
-                    aligned_targets.append(targets_by_step(tex, n, c))
+                how = alignment if alignment is not None else default_alignment(tex, n)
+                aligned_targets.append(how.targets(tex, n))
         token_text = None
         if tokenizer is not None:
             V = log_probs.shape[-1] if log_probs is not None else int(trace.topk_ids.max()) + 1
@@ -995,7 +557,7 @@ class LatentTrajectory:
 
     def step_labels(self, b: int) -> list[str]:
         """Tick labels of example ``b``'s reads: ``z{t+1}`` when it fed latent t+1, else ``end``."""
-        return _labels(self.steps_of(b), self.fed[b].numpy()[: self.steps_of(b)])
+        return read_labels(self.steps_of(b), self.fed[b].numpy()[: self.steps_of(b)])
 
     def _np(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().cpu().numpy()
@@ -1347,7 +909,7 @@ class LatentTrajectory:
             r = np.where(fed, rank.values, np.nan)
             p = np.where(fed, prob.values, np.nan)
             has = fed & ~np.isnan(p)
-            with _quiet():
+            with quiet_nan():
                 out["target_rank_by_latent"] = lst(np.nanmean(r, 0))
                 out["target_prob_by_latent"] = lst(np.nanmean(p, 0))
                 out[f"target_in_top{k}_by_latent"] = lst(
@@ -1370,7 +932,7 @@ class LatentTrajectory:
                 )
                 rc = np.where(fed, rolled.target_rank().values, np.nan)
                 pc = np.where(fed, rolled.target_probability().values, np.nan)
-                with _quiet():
+                with quiet_nan():
                     out["control_mean_target_rank"] = (
                         float(np.nanmean(rc)) if np.isfinite(rc).any() else None
                     )
@@ -1398,11 +960,6 @@ class LatentTrajectory:
     def figure(self, example: int = 0, k: int = 10) -> go.Figure:
         """The default view: step x top-k token heatmap of one example."""
         return self.top_k(k).figure(example)
-
-
-def join_tokens(tokens: list[str]) -> str:
-    """Token texts as one string: concatenated for single characters, space-separated otherwise."""
-    return "".join(tokens) if all(len(t) == 1 for t in tokens) else " ".join(tokens)
 
 
 def _original_order(trace: Trace) -> list[int] | None:
@@ -1439,8 +996,9 @@ def compare_trajectories(
         example: Row to compare (row ``b`` must be the same question in every trajectory).
         statistic: One of ``entropy``, ``top1_probability``, ``target_probability``,
             ``target_rank``, ``answer_probability``, ``answer_rank``.
+
+    The figure is :func:`workbench.viz.trajectory_figures.comparison_figure`.
     """
-    go = _go()
     if statistic not in _COMPARABLE:
         raise ValueError(f"statistic={statistic!r}; choose one of {sorted(_COMPARABLE)}")
     if not trajectories:
@@ -1448,32 +1006,17 @@ def compare_trajectories(
     qs = {n: tr.questions[example] for n, tr in trajectories.items() if tr.questions is not None}
     if len(set(qs.values())) > 1:
         raise ValueError(f"example {example} is not the same question in every trajectory: {qs}")
-    fig = go.Figure()
-    name = statistic
+    from workbench.viz.trajectory_figures import comparison_figure
+
+    lines, name = [], statistic
     for method, tr in trajectories.items():
         stat = getattr(tr, _COMPARABLE[statistic])()
         name = stat.name
-        y = stat.example(example)
-        labels = tr.step_labels(example)
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(len(y))),
-                y=y,
-                mode="lines+markers",
-                name=method,
-                customdata=labels,
-                hovertemplate=method + "<br>read %{x} (%{customdata})<br>%{y:.4g}<extra></extra>",
-            )
-        )
-    q = next(iter(qs.values()), None)
-    title = f"{name} per latent step, example {example}" + (f": {q}" if q else "")
-    fig.update_layout(
-        title=title,
-        xaxis_title="latent step (read t feeds z(t+1))",
-        yaxis_title=name,
-        **WHITE,
-        legend_title_text="method",
+        lines.append((method, stat.example(example), tr.step_labels(example)))
+    return comparison_figure(
+        lines,
+        name,
+        example=example,
+        question=next(iter(qs.values()), None),
+        log_y=statistic.endswith("rank"),
     )
-    if statistic.endswith("rank"):
-        fig.update_yaxes(type="log")
-    return fig

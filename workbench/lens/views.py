@@ -22,10 +22,13 @@ __all__ = ["trajectory_of", "trajectory_figures", "write_standard_report"]
 
 def trajectory_of(tm, examples, *, top_k: int = 10) -> LatentTrajectory:
     """Decode a :class:`~workbench.experiment.TrainedModel`'s latents on ``examples`` (logit lens
-    included), aligning latent *j* with CoT step *j // c* for Coconut's *c* thoughts per step."""
+    included), aligned with the CoT as its method declares (the registry's
+    :func:`~workbench.methods.lens_alignment`; a method without one is aligned by step)."""
+    from workbench.methods import lens_alignment
+
     result = tm.evaluate(examples, record_trace=True, record_hidden=True, top_k=top_k)
-    c = (tm.meta.get("coconut") or {}).get("c_thought")
-    return LatentTrajectory.from_eval(result, tm.model, tm.tokenizer, examples, latents_per_step=c)
+    alignment = lens_alignment(tm.method, tm.meta)
+    return LatentTrajectory.from_eval(result, tm.model, tm.tokenizer, examples, alignment=alignment)
 
 
 def trajectory_figures(

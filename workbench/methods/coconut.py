@@ -25,16 +25,27 @@ Deliberate deviations:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from workbench.config import check_choice, check_range
 from workbench.data.tokenizer import special_ids
-from workbench.engine.feedback import FeedbackRule, make_feedback
+from workbench.engine.feedback import FEEDBACK_RULES, FeedbackRule, make_feedback
 from workbench.engine.forward import latent_forward, shifted_ce
+from workbench.engine.spec import LatentSpec
 from workbench.engine.stop import FixedSteps
-from workbench.eval.evaluator import LatentSpec
-from workbench.methods.layout import TokenizedExample, build_sequence, collate
+from workbench.lens.alignment import Alignment
+from workbench.methods.base import (
+    MethodRecord,
+    default_train_config,
+    starting_model,
+    trainable_net,
+    val_accuracy_fn,
+)
+from workbench.data.layout import TokenizedExample, build_sequence, collate, tokenize_examples
+
+NAME = "coconut"
 
 
 @dataclass
@@ -63,18 +74,13 @@ class CoconutConfig:
     """Seed of the stage-mixing draws."""
 
     def __post_init__(self) -> None:
-        if self.c_thought < 1:
-            raise ValueError(f"CoconutConfig.c_thought must be >= 1, got {self.c_thought}")
-        if self.max_latent_stage < 1:
-            raise ValueError(
-                f"CoconutConfig.max_latent_stage must be >= 1, got {self.max_latent_stage}"
-            )
-        if self.steps_per_stage < 0 or self.cot_steps < 0:
-            raise ValueError("CoconutConfig.steps_per_stage and cot_steps must be >= 0")
-        if not 0.0 <= self.uniform_prob <= 1.0:
-            raise ValueError(
-                f"CoconutConfig.uniform_prob must be in [0, 1], got {self.uniform_prob}"
-            )
+        check_range(self, "c_thought", ge=1)
+        check_range(self, "max_latent_stage", ge=1)
+        check_range(self, "steps_per_stage", ge=0)
+        check_range(self, "cot_steps", ge=0)
+        check_range(self, "final_stage_steps", ge=0, allow_none=True)
+        check_range(self, "uniform_prob", ge=0.0, le=1.0)
+        check_choice(self, "feedback", FEEDBACK_RULES)
 
     @property
     def n_latent(self) -> int:
@@ -135,3 +141,119 @@ class CoconutLoss:
         out = latent_forward(lm, batch, self.feedback)
         loss = shifted_ce(out.logits, batch["labels"])
         return loss, {"latents": float(batch["n_latent"].float().mean())}
+
+
+def train(
+    data,
+    base=None,
+    *,
+    config: CoconutConfig | None = None,
+    train_config=None,
+    model_config=None,
+    callbacks=None,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+):
+    """Coconut's curriculum (RESEARCH 2.1) from a CoT-trained ``base`` (or from scratch with
+    ``cot_steps``); returns a ``TrainedModel``. ``base`` is copied, never modified.
+
+    Stages are step-bounded; ``time_budget_s`` is not supported (a curriculum cut by the clock
+    would never reach its final stage) and raises.
+    """
+    import pandas as pd
+
+    from workbench.models.build import count_parameters
+    from workbench.train import Trainer
+    from workbench.trained import TrainedModel
+
+    if time_budget_s is not None:
+        raise ValueError(
+            "coconut trains a step-bounded curriculum: set CoconutConfig.steps_per_stage "
+            "instead of a time budget"
+        )
+    cc = config or CoconutConfig(seed=seed)
+    tok = data.tokenizer
+    model = starting_model(base, tok, model_config, seed)
+    feedback = cc.make_feedback(model.config.hidden_size)
+    net = trainable_net(model, feedback)
+    collator = CoconutCollator(tok, cc, stage=0 if cc.cot_steps else 1)
+    cfg = train_config or default_train_config(seed=seed, lr=5e-4, warmup_steps=20)
+    eval_fn = None
+    if data.val and cfg.eval_every:
+        eval_fn = val_accuracy_fn(tok, data.val, lambda: cc.inference_spec(feedback))
+    stages = ([(0, cc.cot_steps)] if cc.cot_steps else []) + [
+        (k, cc.steps_per_stage) for k in range(1, cc.max_latent_stage + 1)
+    ]
+    last = cc.final_stage_steps if cc.final_stage_steps is not None else stages[-1][1]
+    stages[-1] = (stages[-1][0], last)
+    trainer = Trainer(
+        net,
+        tokenize_examples(data.train, tok),
+        collator,
+        replace(cfg, max_steps=stages[0][1]),
+        loss_fn=CoconutLoss(feedback),
+        eval_fn=eval_fn,
+        callbacks=callbacks,
+    )
+    frames, done = [], 0
+    for i, (stage, steps) in enumerate(stages):
+        collator.stage = stage
+        if i > 0:
+            if cc.reset_optimizer:
+                trainer.reset_optimizer()
+            trainer.config.max_steps = done + steps
+        n_before = len(trainer.log_history)
+        trainer.train()
+        done = trainer.step
+        part = pd.DataFrame(trainer.log_history[n_before:])
+        part["stage"] = stage
+        frames.append(part)
+    hist = pd.concat(frames, ignore_index=True) if frames else None
+    meta = {
+        "config": asdict(cc),
+        "params": count_parameters(model),
+        "train_steps": trainer.step,
+        "seed": seed,
+        "data": data.describe(),
+    }
+    spec = cc.inference_spec(feedback)
+    return TrainedModel(NAME, model, tok, spec, hist, data.task, data.test, meta)
+
+
+def alignment(meta: dict) -> Alignment:
+    """Latent ``j`` stands for reasoning step ``j // c`` (older checkpoints keep the config
+    under ``meta["coconut"]``)."""
+    cfg = meta.get("config") or meta.get(NAME) or {}
+    return Alignment(latents_per_step=int(cfg.get("c_thought", CoconutConfig.c_thought)))
+
+
+def quick_config(seed: int = 0) -> dict:
+    """A short curriculum for looking at trajectories (not for headline numbers)."""
+    return {
+        "config": CoconutConfig(c_thought=2, steps_per_stage=10, final_stage_steps=20, seed=seed),
+        "train_config": default_train_config(
+            lr=5e-4, batch_size=16, warmup_steps=5, seed=seed, progress=False
+        ),
+    }
+
+
+def recipe(seed: int = 0) -> dict:
+    """The shipped checkpoint's settings (see README Results for what they reach)."""
+    return {
+        "config": CoconutConfig(c_thought=2, steps_per_stage=300, final_stage_steps=500, seed=seed),
+        "train_config": default_train_config(seed=seed, lr=1e-3, warmup_steps=20, eval_every=100),
+    }
+
+
+RECORD = MethodRecord(
+    name=NAME,
+    summary="continuous thoughts: the last hidden state fed back, learned by a curriculum",
+    train=train,
+    config_cls=CoconutConfig,
+    inference_spec=lambda cfg, tokenizer, feedback=None: cfg.inference_spec(feedback),
+    alignment=alignment,
+    quick_config=quick_config,
+    needs_base=True,
+    notebook="01_coconut.ipynb",
+    recipe=recipe,
+)

@@ -91,9 +91,13 @@ from workbench.config import ConfigError
 from workbench.data.tokenizer import SpecialIds, special_ids
 from workbench.engine.feedback import Feedback, SuperpositionFeedback, gumbel_noise, superpose
 from workbench.engine.forward import shifted_ce
+from workbench.engine.spec import LatentSpec
 from workbench.engine.stop import ArgmaxToken
-from workbench.eval.evaluator import EvalResult, LatentSpec, evaluate
-from workbench.methods.layout import (
+from workbench.eval.evaluator import EvalResult, evaluate
+from workbench.lens.alignment import Alignment
+from workbench.lens.alignment import split_segments as split_segments  # the one implementation
+from workbench.methods.base import MethodRecord
+from workbench.data.layout import (
     IGNORE,
     TokenizedExample,
     build_sequence,
@@ -317,16 +321,15 @@ class LatentSFTConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def split_segments(ids: list[int], r: int) -> list[list[int]]:
-    """Consecutive ``r``-token segments of ``ids`` (the last one shorter if ``r`` does not divide)."""
-    if r < 1:
-        raise ValueError(f"compression rate must be >= 1, got {r}")
-    return [list(ids[i : i + r]) for i in range(0, len(ids), r)]
+# split_segments (consecutive r-token segments) is workbench.lens.alignment's, re-exported above.
 
 
 def cot_segments(tex: TokenizedExample, r: int) -> list[list[int]]:
-    """The explicit CoT of ``tex`` (all steps, joined by the separator) as ``r``-token segments S_1..S_N."""
-    return split_segments(tex.reasoning(), r)
+    """The explicit CoT of ``tex`` (all steps, joined by the separator) as ``r``-token segments.
+
+    S_1..S_N, the fixed-rate alignment: ``Alignment(tokens_per_latent=r).targets(tex)``.
+    """
+    return Alignment(tokens_per_latent=r).targets(tex)
 
 
 def encoder_sequence(tex: TokenizedExample, sp: SpecialIds, segments: list[list[int]]) -> list[int]:
@@ -737,37 +740,27 @@ def _sha256(path: Path) -> str:
 
 
 def save_soft_labels(labels: SoftLabels, path: str | os.PathLike) -> Path:
-    """Write ``labels`` into folder ``path`` atomically: safetensors (ids, probs, offsets) + JSON meta.
+    """Write ``labels`` into folder ``path`` atomically: safetensors (ids, probs, offsets) + meta.
 
-    Each file is written to a temporary name, fsynced and ``os.replace``-d; the meta goes last and
-    records the tensor file's SHA-256, so a crash between the two leaves a detectable mismatch.
+    Each file is written with :mod:`workbench.io` (temporary name, fsync, ``os.replace``); the
+    JSON meta goes last and records the tensor file's SHA-256, so a crash between the two leaves
+    a detectable mismatch.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from workbench.io import atomic_write_bytes, atomic_write_json
 
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {
         "ids": labels.ids.contiguous().long(),
         "probs": labels.probs.contiguous().float(),
         "offsets": labels.offsets.contiguous().long(),
     }
-    tmp_t = folder / f".tmp-{os.getpid()}-{SOFT_LABEL_TENSORS}"
-    tmp_m = folder / f".tmp-{os.getpid()}-{SOFT_LABEL_META}"
-    try:
-        save_file(tensors, str(tmp_t), metadata={"format": SOFT_LABEL_FORMAT})
-        _fsync(tmp_t)
-        meta = dict(labels.meta)
-        meta["tensors_sha256"] = _sha256(tmp_t)
-        with open(tmp_m, "w") as f:
-            json.dump(meta, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_t, folder / SOFT_LABEL_TENSORS)
-        os.replace(tmp_m, folder / SOFT_LABEL_META)
-    finally:
-        for t in (tmp_t, tmp_m):
-            if t.exists():
-                t.unlink()
+    data = save(tensors, metadata={"format": SOFT_LABEL_FORMAT})
+    meta = dict(labels.meta)
+    meta["tensors_sha256"] = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(folder / SOFT_LABEL_TENSORS, data)
+    atomic_write_json(folder / SOFT_LABEL_META, meta, indent=1, default=str)  # last: holds the hash
     return folder
 
 
@@ -1189,3 +1182,117 @@ def train_latent_sft(
         if len(result.history):
             result.history.to_csv(out / "history.csv", index=False)
     return result
+
+
+# ----- registry record -----------------------------------------------------------------------
+
+NAME = "latent_sft"
+
+
+def train(
+    data,
+    base=None,
+    *,
+    config: LatentSFTConfig | None = None,
+    train_config=None,
+    model_config=None,
+    callbacks=None,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    output_dir: str | os.PathLike | None = None,
+):
+    """Latent-SFT from a CoT-trained ``base``: stage 1, soft labels, stage 2 (a ``TrainedModel``).
+
+    ``base`` is not modified. The pipeline's own optimizer settings live in
+    :class:`LatentSFTConfig`, so ``train_config`` and ``model_config`` must be ``None``. Without
+    ``output_dir`` the soft-label cache lives in a temporary folder removed at the end.
+    """
+    import tempfile
+
+    from workbench.models.build import count_parameters
+    from workbench.trained import TrainedModel
+
+    if base is None:
+        raise ValueError("latent_sft starts from a CoT-trained model: pass base=")
+    if train_config is not None or model_config is not None or time_budget_s is not None:
+        raise ValueError(
+            "latent_sft takes its steps and learning rates from LatentSFTConfig "
+            "(encoder_steps, stage2_lr, ...): leave train_config/model_config/time_budget_s unset"
+        )
+    cfg = config or LatentSFTConfig(seed=seed)
+    model = getattr(base, "model", base)
+    with tempfile.TemporaryDirectory(prefix="latent_sft-") as tmp:
+        res = train_latent_sft(
+            model,
+            data.tokenizer,
+            data.train,
+            cfg,
+            eval_examples=data.val or None,
+            output_dir=output_dir or tmp,
+            callbacks=callbacks,
+        )
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "params": count_parameters(res.model),
+        "seed": cfg.seed,
+        "data": data.describe(),
+        "train_steps": int(
+            cfg.encoder_steps + cfg.decoder_steps + cfg.union_steps + cfg.stage2_steps
+        ),
+    }
+    if output_dir is not None:
+        meta["soft_labels"] = str(res.soft_label_path)
+    return TrainedModel(NAME, res.model, data.tokenizer, res.spec, res.history, data.task, data.test, meta)
+
+
+def alignment(meta: dict):
+    """Latent ``i`` stands for the i-th ``r``-token CoT segment (older checkpoints keep the config
+    under ``meta["latent_sft"]``)."""
+    from workbench.lens.alignment import Alignment
+
+    cfg = meta.get("config") or meta.get(NAME) or {}
+    return Alignment(tokens_per_latent=int(cfg.get("compression_rate", LatentSFTConfig.compression_rate)))
+
+
+def quick_config(seed: int = 0) -> dict:
+    """A short run for looking at trajectories (not for headline numbers)."""
+    return {
+        "config": LatentSFTConfig(
+            encoder_steps=10, decoder_steps=10, union_steps=10, stage2_steps=30, batch_size=16, seed=seed
+        )
+    }
+
+
+def recipe(seed: int = 0) -> dict:
+    """The shipped checkpoint's settings (trained on the first 20k problems: the soft-label cache
+    covers the whole training set)."""
+    return {
+        "config": LatentSFTConfig(
+            compression_rate=4,
+            encoder_steps=50,
+            decoder_steps=300,
+            union_steps=300,
+            stage2_steps=500,
+            batch_size=32,
+            encoder_lr=1e-3,
+            decoder_lr=1e-3,
+            union_lr=6e-4,
+            stage2_lr=1e-3,
+            seed=seed,
+        ),
+        "train_size": 20_000,
+    }
+
+
+RECORD = MethodRecord(
+    name=NAME,
+    summary="latents as top-k vocabulary superpositions p @ E (stage 1 encoder, stage 2 KL + CE)",
+    train=train,
+    config_cls=LatentSFTConfig,
+    inference_spec=lambda cfg, tokenizer, feedback=None: latent_sft_spec(tokenizer, cfg),
+    alignment=alignment,
+    quick_config=quick_config,
+    needs_base=True,
+    notebook="02_latent_sft.ipynb",
+    recipe=recipe,
+)

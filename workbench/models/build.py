@@ -22,6 +22,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from workbench.config import check_choice, check_range, check_that
+from workbench.errors import CheckpointError, MissingFileError
+
 ARCHITECTURES = ("gpt2", "llama")
 
 
@@ -51,21 +54,15 @@ class ModelConfig:
     """``sdpa`` or ``eager``; custom 4-D masks force one of these (never flash attention)."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"ModelConfig.arch={self.arch!r}; choose one of {ARCHITECTURES}")
+        check_choice(self, "arch", ARCHITECTURES)
         for name in ("n_layer", "d_model", "n_head", "max_positions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"ModelConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(
-                f"ModelConfig.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'"
-            )
+            check_range(self, name, ge=1)
+        check_range(self, "d_ff", ge=1, allow_none=True)
+        check_that(
+            self, "d_model", self.d_model % self.n_head == 0, f"divisible by n_head={self.n_head}"
+        )
+        check_range(self, "dropout", ge=0.0, lt=1.0)
+        check_choice(self, "attn_implementation", ("sdpa", "eager"))
 
 
 def build_model(
@@ -141,20 +138,72 @@ def load_local_model(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"model_name_or_path={str(path)!r} does not exist; the workbench loads local folders only "
-            "(download the checkpoint yourself, then pass its folder)"
+        raise MissingFileError(
+            f"model_name_or_path={str(path)!r} does not exist; the workbench loads local folders "
+            "only (download the checkpoint yourself, then pass its folder)"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        local_files_only=True,
-        attn_implementation=attn_implementation,
-        use_safetensors=True,
-        dtype=dtype,
-    )
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path}: no config.json; this is not a saved model folder")
+    weights = sorted(path.glob("*.safetensors"))
+    weights = [w for w in weights if w.name.startswith("model")]
+    if not weights:
+        raise CheckpointError(
+            f"{path}: no model*.safetensors weights (only safetensors are loaded, never pickles); "
+            "re-save the model with save_pretrained(safe_serialization=True)"
+        )
+    _diagnose_mismatch(path, _stored_shapes(weights))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            dtype=dtype,
+        )
+    except (RuntimeError, ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: the model cannot be loaded ({err})") from err
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def _stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors headers (no tensor is read); a truncated or
+    corrupt file is a :class:`CheckpointError` naming it and its size."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+                if handle.keys():
+                    last = list(handle.keys())[-1]
+                    handle.get_slice(last)[...]  # touches the end of the data: catches truncation
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(
+                f"{f} ({f.stat().st_size:,} bytes) is truncated or corrupt ({err}); re-save the "
+                "model, or rebuild the shipped checkpoints with `make checkpoints`"
+            ) from err
+    return shapes
+
+
+def _diagnose_mismatch(path: Path, stored: dict[str, tuple[int, ...]]) -> None:
+    """Raise a :class:`CheckpointError` naming the first tensor whose stored shape differs
+    from what ``config.json`` builds."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        expected = AutoModelForCausalLM.from_config(config).state_dict()
+    for name, tensor in expected.items():
+        if name in stored and tuple(tensor.shape) != stored[name]:
+            raise CheckpointError(
+                f"{path}: config.json does not match the weights: tensor {name!r} is stored as "
+                f"{list(stored[name])} but config.json builds {list(tensor.shape)}; fix config.json "
+                "or re-save the model"
+            )
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,13 +1,16 @@
-"""Training: a resumable, accelerate-based ``Trainer`` configured by ``TrainConfig``."""
+"""Training: a resumable, accelerate-based ``Trainer`` configured by ``TrainConfig``.
 
+Checkpoint I/O (save / load / resume / mismatch checks / RNG state) is in
+:mod:`workbench.train.checkpoint`, as functions any training loop can call.
+"""
+
+from workbench.train.checkpoint import CheckpointMismatchError, latest_checkpoint
 from workbench.train.config import TrainConfig
 from workbench.train.trainer import (
-    CheckpointMismatchError,
     LogHistory,
     NonFiniteLossError,
     Trainer,
     TrainerCallback,
-    latest_checkpoint,
     set_seed,
 )
 

@@ -16,12 +16,14 @@ Design
   the data order: epoch ``e`` is a permutation drawn from a ``torch.Generator`` seeded from
   ``(seed, e)``, independent of the global RNG. The loader has its own generator, so starting an
   epoch never consumes global random numbers. Same seed, same machine: same losses.
-* **Checkpoints are atomic and exact.** ``checkpoint-{step}/`` is written into a hidden sibling
-  folder, fsynced and ``os.replace``-d into place; a crash mid-save leaves the previous checkpoint
-  untouched. It holds the weights (``save_pretrained`` for ``transformers`` models, a
-  de-duplicated ``safetensors`` state dict otherwise), ``trainer_state.json`` (step, epoch, batch
-  index inside the epoch, log history, config, python/numpy RNG as JSON) and optimizer / scheduler
-  / scaler / torch-RNG tensors loaded back with ``torch.load(weights_only=True)`` only. Resuming
+* **Checkpoints are atomic and exact** (the I/O lives in :mod:`workbench.train.checkpoint`,
+  shared with other loops). ``checkpoint-{step}/`` is written into a hidden sibling folder,
+  fsynced and ``os.replace``-d into place; a crash or ``kill -9`` mid-save leaves the previous
+  checkpoints untouched, and ``resume=True`` continues from the newest complete one. It holds
+  the weights (``save_pretrained`` for ``transformers`` models, a de-duplicated ``safetensors``
+  state dict otherwise), ``trainer_state.json`` (step, epoch, batch index inside the epoch, log
+  history, config, python/numpy RNG as JSON) and optimizer / scheduler / scaler / torch-RNG
+  tensors loaded back with ``torch.load(weights_only=True)`` only. Resuming
   restores all of it and skips the batches already consumed in the current epoch, so an
   interrupted-and-resumed run reaches the same parameters as an uninterrupted one.
 * **Curricula.** ``train()`` may be called again after raising ``config.max_steps``;
@@ -38,15 +40,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import random
-import re
-import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -54,6 +52,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from workbench.train import checkpoint as _ckpt
+from workbench.train.checkpoint import CheckpointMismatchError, latest_checkpoint
 from workbench.train.config import TrainConfig
 
 __all__ = [
@@ -65,33 +65,6 @@ __all__ = [
     "latest_checkpoint",
     "set_seed",
 ]
-
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
-SCALER_NAME = "scaler.pt"
-FORMAT_VERSION = 1
-_CKPT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
-# Model-config keys that are bookkeeping, not architecture: ignored when matching checkpoints.
-_IGNORED_CONFIG_KEYS = {
-    "transformers_version",
-    "architectures",
-    "dtype",
-    "torch_dtype",
-    "name_or_path",
-    "use_cache",
-    "return_dict",
-    "output_hidden_states",
-    "output_attentions",
-    "attn_implementation",
-}
-# Config fields that decide which batch comes next: a resume with different values cannot
-# reproduce the data position exactly.
-_DATA_ORDER_FIELDS = ("batch_size", "grad_accum_steps", "seed", "shuffle", "drop_last")
-
 
 # --------------------------------------------------------------------------------------------
 # Errors, log history, callbacks
@@ -124,10 +97,6 @@ class NonFiniteLossError(RuntimeError):
             + "; ".join(tips)
             + "."
         )
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was saved from a model whose config or weights differ from the current one."""
 
 
 class LogHistory(list):
@@ -199,30 +168,6 @@ def set_seed(seed: int) -> None:
     _accelerate_set_seed(seed)
 
 
-def latest_checkpoint(output_dir: str | os.PathLike | None) -> str | None:
-    """Path of the complete ``checkpoint-{step}`` folder with the highest step, or ``None``."""
-    if output_dir is None or not os.path.isdir(output_dir):
-        return None
-    best: tuple[int, str] | None = None
-    for name in os.listdir(output_dir):
-        m = _CKPT_RE.match(name)
-        path = os.path.join(output_dir, name)
-        if m and os.path.isfile(os.path.join(path, TRAINER_STATE)):
-            step = int(m.group(1))
-            if best is None or step > best[0]:
-                best = (step, path)
-    return None if best is None else best[1]
-
-
-def _sorted_checkpoints(output_dir: str) -> list[str]:
-    found = []
-    for name in os.listdir(output_dir):
-        m = _CKPT_RE.match(name)
-        if m and os.path.isdir(os.path.join(output_dir, name)):
-            found.append((int(m.group(1)), os.path.join(output_dir, name)))
-    return [p for _, p in sorted(found)]
-
-
 class _EpochSampler(Sampler[int]):
     """Indices of one epoch: a fixed permutation per ``(seed, epoch)``, or ``range(n)``.
 
@@ -247,152 +192,6 @@ class _EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
-
-
-def _json_normalise(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str, sort_keys=True))
-
-
-def _model_config_dict(model: nn.Module) -> dict[str, Any] | None:
-    """The model's config as plain JSON values (``config.to_dict()`` or a dataclass), if any."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return None
-    if hasattr(cfg, "to_dict"):
-        d = cfg.to_dict()
-    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        d = dataclasses.asdict(cfg)
-    elif isinstance(cfg, dict):
-        d = dict(cfg)
-    else:
-        return None
-    return _json_normalise(
-        {k: v for k, v in d.items() if not k.startswith("_") and k not in _IGNORED_CONFIG_KEYS}
-    )
-
-
-def _is_pretrained(model: nn.Module) -> bool:
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    return isinstance(model, PreTrainedModel)
-
-
-def _dedup_for_safetensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop exact aliases (tied weights) and un-share partial views so ``save_file`` accepts it."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[tuple] = set()
-    storages: dict[tuple, list[str]] = {}
-    for name, t in state_dict.items():
-        t = t.detach()
-        ptr = (t.device.type, t.untyped_storage().data_ptr())
-        alias = ptr + (t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-        if t.numel() > 0 and alias in seen:
-            continue  # tied to a tensor already kept; restored by load_state_dict through the tie
-        seen.add(alias)
-        out[name] = t
-        if t.numel() > 0:
-            storages.setdefault(ptr, []).append(name)
-    for names in storages.values():
-        if len(names) > 1:
-            for name in names:
-                out[name] = out[name].clone()
-    return {k: v.contiguous().cpu() for k, v in out.items()}
-
-
-def _weight_files(ckpt: str) -> list[str]:
-    index = os.path.join(ckpt, WEIGHTS_INDEX)
-    if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        return [os.path.join(ckpt, s) for s in shards]
-    single = os.path.join(ckpt, WEIGHTS_NAME)
-    if os.path.isfile(single):
-        return [single]
-    raise FileNotFoundError(
-        f"{ckpt}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX}; not a workbench checkpoint"
-    )
-
-
-def _checkpoint_shapes(ckpt: str) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in _weight_files(ckpt):
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                shapes[key] = tuple(f.get_slice(key).get_shape())
-    return shapes
-
-
-def _missing_are_tied(model: nn.Module, missing: Iterable[str], present: set[str]) -> list[str]:
-    """The subset of ``missing`` keys that are NOT aliases of a tensor stored under another name."""
-    sd = model.state_dict(keep_vars=True)
-    kept = {}
-    for name in present:
-        t = sd.get(name)
-        if t is not None and t.numel() > 0:
-            kept[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = name
-    really = []
-    for name in missing:
-        t = sd[name]
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if t.numel() == 0 or key not in kept:
-            really.append(name)
-    return really
-
-
-def _fmt_keys(keys: Sequence[str], limit: int = 8) -> str:
-    keys = list(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _python_rng_to_json() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _python_rng_from_json(state: list[Any]) -> None:
-    random.setstate((state[0], tuple(state[1]), state[2]))
-
-
-def _numpy_rng_to_json() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _numpy_rng_from_json(state: list[Any]) -> None:
-    np.random.set_state(
-        (state[0], np.asarray(state[1], dtype=np.uint32), state[2], state[3], state[4])
-    )
-
-
-def _fsync_tree(folder: str) -> None:
-    """Best-effort flush of every file in ``folder`` (and the folder) to disk."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _to_float(v: Any) -> float:
@@ -811,10 +610,7 @@ class Trainer:
         return tokens, (first.shape[0] if first is not None else 0)
 
     def _any_process(self, flag: bool) -> bool:
-        if self.accelerator.num_processes == 1:
-            return flag
-        t = torch.tensor(float(flag), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+        return _ckpt.any_process(self.accelerator, flag)
 
     def _epoch_loader(self):
         self._sampler.set_epoch(self.epoch)
@@ -1030,192 +826,46 @@ class Trainer:
         """Write a complete checkpoint atomically and return its path.
 
         Default path: ``output_dir/checkpoint-{step}`` (then the oldest folders beyond
-        ``save_total_limit`` are deleted). Everything is written into a hidden sibling folder
-        first and moved into place with ``os.replace``; on any error the temporary folder is
-        removed and an existing checkpoint at ``path`` is left as it was.
+        ``save_total_limit`` are deleted, as are hidden leftovers of saves that were killed).
+        Everything is written into a hidden sibling folder first and moved into place with
+        ``os.replace`` (:func:`workbench.train.checkpoint.save_checkpoint`); on any error the
+        temporary folder is removed and an existing checkpoint at ``path`` is left as it was.
         """
         cfg = self.config
-        acc = self.accelerator
         rotate = path is None
         if path is None:
             if cfg.output_dir is None:
                 raise ValueError("save_checkpoint() needs a path when config.output_dir is None")
-            path = os.path.join(cfg.output_dir, f"{CHECKPOINT_PREFIX}{self.step}")
-        path = os.path.abspath(os.fspath(path))
-        parent, name = os.path.split(path)
-        tmp = os.path.join(parent, f".tmp-{name}")
-
-        from accelerate.utils import gather_object
-
-        rng = gather_object([{"python": _python_rng_to_json(), "numpy": _numpy_rng_to_json()}])
-        state_dict = acc.get_state_dict(self.model)  # full weights on the main process
-        acc.wait_for_everyone()
-        error: BaseException | None = None
-        if acc.is_main_process:
-            os.makedirs(parent, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crashed save
-            os.makedirs(tmp)
-        acc.wait_for_everyone()
-        try:
-            torch_rng = {"cpu": torch.get_rng_state()}
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch_rng["cuda"] = torch.cuda.get_rng_state_all()
-            torch.save(torch_rng, os.path.join(tmp, f"rng_state_{acc.process_index}.pt"))
-            if acc.is_main_process:
-                self._save_weights(tmp, state_dict)
-                torch.save(self.optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_NAME))
-                torch.save(self.scheduler.state_dict(), os.path.join(tmp, SCHEDULER_NAME))
-                if acc.scaler is not None:
-                    torch.save(acc.scaler.state_dict(), os.path.join(tmp, SCALER_NAME))
-                state = {
-                    "format_version": FORMAT_VERSION,
-                    "step": self.step,
-                    "epoch": self.epoch,
-                    "batch_in_epoch": self.batch_in_epoch,
-                    "elapsed_s": self._elapsed_s,
-                    "sched_offset": self._sched_offset,
-                    "num_processes": acc.num_processes,
-                    "num_examples": len(self.train_dataset),
-                    "config": dataclasses.asdict(cfg),
-                    "model_config": _model_config_dict(self.unwrapped_model),
-                    "weights_format": "save_pretrained"
-                    if _is_pretrained(self.unwrapped_model)
-                    else "safetensors_state_dict",
-                    "log_window": self._window,
-                    "rng": rng,
-                    "log_history": list(self.log_history),
-                }
-                with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
-                    json.dump(state, f, indent=1, default=str)
-        except BaseException as err:  # noqa: BLE001 - cleaned up and re-raised below
-            error = err
-        acc.wait_for_everyone()
-        failed_somewhere = self._any_process(error is not None)
-        if acc.is_main_process:
-            if failed_somewhere:
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                try:
-                    self._commit(tmp, path)
-                    if rotate:
-                        self._rotate_checkpoints(cfg.output_dir, keep=path)
-                except BaseException as err:  # noqa: BLE001
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    error = err
-        failed_somewhere = self._any_process(error is not None)  # also a barrier when distributed
-        if error is not None:
-            raise error
-        if failed_somewhere:
-            raise RuntimeError(f"saving {path} failed on another process; see its traceback")
+            path = _ckpt.checkpoint_path(cfg.output_dir, self.step)
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed_s": self._elapsed_s,
+            "sched_offset": self._sched_offset,
+            "num_examples": len(self.train_dataset),
+            "config": dataclasses.asdict(cfg),
+            "log_window": self._window,
+            "log_history": list(self.log_history),
+        }
+        path = _ckpt.save_checkpoint(
+            path,
+            accelerator=self.accelerator,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=state,
+        )
+        if rotate and self.accelerator.is_main_process:
+            _ckpt.rotate_checkpoints(cfg.output_dir, cfg.save_total_limit, keep=path)
+            _ckpt.remove_stale_checkpoint_temps(cfg.output_dir)
         self._last_saved_step = self.step
         self._emit("on_save", path)
         return path
 
-    @staticmethod
-    def _commit(tmp: str, path: str) -> None:
-        _fsync_tree(tmp)
-        if os.path.exists(path):
-            # os.replace cannot overwrite a non-empty folder: move the old one aside first.
-            old = os.path.join(
-                os.path.dirname(path), f".old-{os.path.basename(path)}-{os.getpid()}"
-            )
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
-
-    def _rotate_checkpoints(self, output_dir: str, keep: str) -> None:
-        limit = self.config.save_total_limit
-        if limit is None:
-            return
-        ckpts = _sorted_checkpoints(output_dir)
-        excess = len(ckpts) - limit
-        for old in ckpts:
-            if excess <= 0:
-                break
-            if os.path.abspath(old) != os.path.abspath(keep):
-                shutil.rmtree(old, ignore_errors=True)
-                excess -= 1
-
-    def _save_weights(self, folder: str, state_dict: dict[str, torch.Tensor]) -> None:
-        model = self.unwrapped_model
-        if _is_pretrained(model):
-            import inspect
-
-            kwargs: dict[str, Any] = {"state_dict": state_dict}
-            params = inspect.signature(model.save_pretrained).parameters
-            if "save_original_format" in params:
-                kwargs["save_original_format"] = False  # keys == state_dict keys
-            if "safe_serialization" in params:
-                kwargs["safe_serialization"] = True
-            from transformers.utils import logging as hf_logging
-
-            bars_on = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside the loop
-            try:
-                model.save_pretrained(folder, **kwargs)
-            finally:
-                if bars_on:
-                    hf_logging.enable_progress_bar()
-        else:
-            from safetensors.torch import save_file
-
-            save_file(
-                _dedup_for_safetensors(state_dict),
-                os.path.join(folder, WEIGHTS_NAME),
-                metadata={"format": "pt"},
-            )
-        _weight_files(folder)  # raises if save_pretrained wrote something we cannot read back
-
     def check_checkpoint_compatible(self, path: str | os.PathLike) -> None:
         """Raise :class:`CheckpointMismatchError` naming what differs from the current model."""
-        path = os.fspath(path)
-        with open(os.path.join(path, TRAINER_STATE)) as f:
-            state = json.load(f)
-        model = self.unwrapped_model
-        problems = []
-        saved_cfg, current_cfg = state.get("model_config"), _model_config_dict(model)
-        if saved_cfg is not None and current_cfg is not None:
-            diffs = []
-            for k in sorted(set(saved_cfg) | set(current_cfg)):
-                a, b = saved_cfg.get(k, "<absent>"), current_cfg.get(k, "<absent>")
-                if a != b:
-                    diffs.append(f"{k} (checkpoint {a!r}, current {b!r})")
-            if diffs:
-                problems.append("model config differs: " + _fmt_keys(diffs))
-        shapes = _checkpoint_shapes(path)
-        current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        unexpected = sorted(set(shapes) - set(current))
-        missing = _missing_are_tied(
-            model, sorted(set(current) - set(shapes)), set(shapes) & set(current)
-        )
-        wrong = [
-            f"{k} (checkpoint {list(shapes[k])}, current {list(current[k])})"
-            for k in sorted(set(shapes) & set(current))
-            if shapes[k] != current[k]
-        ]
-        if wrong:
-            problems.append("weight shapes differ: " + _fmt_keys(wrong))
-        if missing:
-            problems.append("weights missing from the checkpoint: " + _fmt_keys(missing))
-        if unexpected:
-            problems.append(
-                "weights in the checkpoint but not in the model: " + _fmt_keys(unexpected)
-            )
-        if problems:
-            raise CheckpointMismatchError(
-                f"checkpoint {path} does not fit the current model: "
-                + "; ".join(problems)
-                + ". Build the model with the checkpoint's config, or point output_dir at a fresh "
-                "folder (or set resume=False) to start over."
-            )
+        _ckpt.check_checkpoint_compatible(path, self.unwrapped_model)
 
     def resume_from_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore weights, optimizer, schedule, scaler, RNG, data position and log history.
@@ -1224,59 +874,18 @@ class Trainer:
         ``config`` is kept (so ``max_steps`` may be raised); a warning says when fields that
         decide the data order differ from the checkpoint's.
         """
-        from safetensors.torch import load_file
-
-        path = os.fspath(path)
-        state_file = os.path.join(path, TRAINER_STATE)
-        if not os.path.isfile(state_file):
-            raise FileNotFoundError(
-                f"{path} has no {TRAINER_STATE}; not a complete workbench checkpoint"
-            )
-        with open(state_file) as f:
-            state = json.load(f)
-        self.check_checkpoint_compatible(path)
         acc = self.accelerator
-
-        model = self.unwrapped_model
-        weights: dict[str, torch.Tensor] = {}
-        for file in _weight_files(path):
-            weights.update(load_file(file, device="cpu"))
-        model.load_state_dict(weights, strict=False)  # completeness checked above (tied keys)
-
-        def load(name: str):
-            return torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)
-
-        self.optimizer.load_state_dict(load(OPTIMIZER_NAME))
-        self.scheduler.load_state_dict(load(SCHEDULER_NAME))
-        if acc.scaler is not None and os.path.isfile(os.path.join(path, SCALER_NAME)):
-            acc.scaler.load_state_dict(load(SCALER_NAME))
-
-        rng_file = os.path.join(path, f"rng_state_{acc.process_index}.pt")
-        if not os.path.isfile(rng_file):
-            rng_file = os.path.join(path, "rng_state_0.pt")
-        torch_rng = torch.load(rng_file, map_location="cpu", weights_only=True)
-        torch.set_rng_state(torch_rng["cpu"])
-        if "cuda" in torch_rng and torch.cuda.is_available():
-            cuda_states = torch_rng["cuda"]
-            if len(cuda_states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda_states)
-        rngs = state.get("rng") or []
-        if rngs:
-            mine = rngs[acc.process_index] if acc.process_index < len(rngs) else rngs[0]
-            _python_rng_from_json(mine["python"])
-            _numpy_rng_from_json(mine["numpy"])
-
-        saved_cfg = state.get("config", {})
-        changed = [
-            f"{k} ({saved_cfg[k]!r} -> {getattr(self.config, k)!r})"
-            for k in _DATA_ORDER_FIELDS
-            if k in saved_cfg and saved_cfg[k] != getattr(self.config, k)
-        ]
-        n_saved = state.get("num_examples", len(self.train_dataset))
-        if n_saved != len(self.train_dataset):
-            changed.append(f"train_dataset size ({n_saved} -> {len(self.train_dataset)})")
-        if state.get("num_processes", acc.num_processes) != acc.num_processes:
-            changed.append(f"num_processes ({state['num_processes']} -> {acc.num_processes})")
+        path = os.fspath(path)
+        state = _ckpt.load_checkpoint(
+            path,
+            accelerator=acc,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
+        changed = _ckpt.data_order_changes(
+            state, self.config, len(self.train_dataset), acc.num_processes
+        )
         if changed:
             warnings.warn(
                 f"resuming from {path} with different data-order settings: {', '.join(changed)}; "

@@ -35,7 +35,10 @@ def learning_curves(
 
 
 def accuracy_vs_length(results: pd.DataFrame, length: str = "reasoning_positions") -> go.Figure:
-    """Accuracy against mean reasoning length, one labelled point per method (the trade-off view)."""
+    """Accuracy against mean reasoning length, one labelled point per method.
+
+    The trade-off view.
+    """
     fig = go.Figure(
         go.Scatter(
             x=results[length],

@@ -30,7 +30,10 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.lens.trajectory import WHITE, LatentTrajectory, join_tokens
+from workbench.lens.alignment import Alignment
+from workbench.lens.logit_lens import join_tokens
+from workbench.lens.trajectory import LatentTrajectory
+from workbench.viz.theme import WHITE
 
 __all__ = [
     "LatentInspector",
@@ -65,7 +68,10 @@ class MethodEntry:
         spec: The method's ``LatentSpec`` (``None``: no latents, e.g. CoT).
         trajectory: Precomputed trajectory of the inspector's examples (computed lazily from
             ``model`` when missing and examples are given).
-        latents_per_step: ``c`` for CoT-step alignment targets (``None``: inferred).
+        latents_per_step: Shorthand for ``alignment=Alignment(latents_per_step=c)``.
+        alignment: Which CoT tokens each latent stands for (alignment targets of typed-in and
+            lazily computed trajectories); ``None`` and no ``latents_per_step``: inferred by
+            step.
     """
 
     model: Any = None
@@ -73,11 +79,13 @@ class MethodEntry:
     spec: Any = None
     trajectory: LatentTrajectory | None = None
     latents_per_step: int | None = None
+    alignment: Alignment | None = None
 
     @classmethod
     def coerce(cls, value) -> MethodEntry:
         """A MethodEntry from a trajectory, a (model, tokenizer, spec[, trajectory]) tuple, or an
-        object with ``.model``, ``.tokenizer``, ``.spec`` (a ``TrainedModel``)."""
+        object with ``.model``, ``.tokenizer``, ``.spec`` (a ``TrainedModel``; its alignment
+        comes from the method registry, :func:`workbench.methods.lens_alignment`)."""
         if isinstance(value, MethodEntry):
             return value
         if isinstance(value, LatentTrajectory):
@@ -85,9 +93,13 @@ class MethodEntry:
         if isinstance(value, tuple) and 2 <= len(value) <= 4:
             return cls(*value)
         if hasattr(value, "model") and hasattr(value, "tokenizer"):
-            c = (getattr(value, "meta", None) or {}).get("coconut", {}).get("c_thought")
+            from workbench.methods import lens_alignment
+
+            alignment = lens_alignment(
+                getattr(value, "method", ""), getattr(value, "meta", None) or {}
+            )
             return cls(
-                value.model, value.tokenizer, getattr(value, "spec", None), latents_per_step=c
+                value.model, value.tokenizer, getattr(value, "spec", None), alignment=alignment
             )
         raise TypeError(
             f"cannot use {type(value).__name__} as an inspector method: give a LatentTrajectory, "
@@ -142,7 +154,12 @@ def run_questions(
     )
     if with_targets:
         return LatentTrajectory.from_eval(
-            res, entry.model, entry.tokenizer, examples, latents_per_step=entry.latents_per_step
+            res,
+            entry.model,
+            entry.tokenizer,
+            examples,
+            alignment=entry.alignment,
+            latents_per_step=entry.latents_per_step,
         )
     df = res.per_example.sort_values("index")
     traj = LatentTrajectory.from_trace(
