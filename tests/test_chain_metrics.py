@@ -1,4 +1,5 @@
-"""Tests for workbench.eval.chain_metrics: ECR@K and N_eff on hand-made inputs, plus a tiny end-to-end run."""
+"""Tests for workbench.eval.chain_metrics: ECR@K and N_eff on hand-made inputs, plus a tiny
+end-to-end run."""
 
 from __future__ import annotations
 

@@ -116,3 +116,48 @@ def test_build_checkpoints_saves_loadable_fp16_models(tmp_path, monkeypatch):
         tm.meta["test_accuracy"] == out["cot"]["accuracy"] and tm.meta["data"]["train_size"] == 200
     )
     assert next(tm.model.parameters()).dtype == torch.float32
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt:
+    """A callback that kills the run (an exception) after optimizer step ``n``."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def on_step_end(self, trainer, logs):
+        if trainer.step == self.n:
+            raise _Crash
+
+
+@pytest.mark.parametrize("crash_at", [5, 8])  # mid stage 2; exactly at the end of stage 2
+def test_coconut_resumes_mid_curriculum_to_the_uninterrupted_weights(tmp_path, crash_at):
+    from workbench.train import TrainerCallback
+
+    data = prepare_data("multiplication", train_size=64, val_size=4, test_size=4, seed=0, digits_a=2)
+    base = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), data.tokenizer, seed=0)
+    cc = CoconutConfig(c_thought=1, max_latent_stage=3, steps_per_stage=4, feedback="projected")
+
+    def run(out, resume=False, callbacks=None):
+        tc = default_train_config(
+            batch_size=4, progress=False, warmup_steps=1, output_dir=str(out), save_every=1,
+            resume=resume,
+        )  # fmt: skip
+        return train_coconut(data, base, coconut=cc, train_config=tc, callbacks=callbacks)
+
+    ref = run(tmp_path / "ref")
+    crash = type("Crash", (TrainerCallback,), {"on_step_end": _CrashAt(crash_at).on_step_end})()
+    with pytest.raises(_Crash):
+        run(tmp_path / "run", callbacks=[crash])
+    resumed = run(tmp_path / "run", resume=True)
+    assert resumed.meta["train_steps"] == ref.meta["train_steps"] == 12
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    for a, b in zip(ref.spec.feedback.parameters(), resumed.spec.feedback.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -257,6 +257,54 @@ def test_superposition_figure_and_compare():
         compare_trajectories({"a": tr}, statistic="nope")
 
 
+def test_statistic_figures_delegate_to_viz():
+    from workbench.viz import trajectory_figures as tf
+
+    tr = _constructed()
+    lay = LatentTrajectory(
+        layer_log_probs=torch.randn(2, 3, 3, V).log_softmax(-1), token_text=tr.token_text
+    )
+    pairs = [
+        (tr.entropy().figure(), tf.step_statistic_figure(tr.entropy())),
+        (tr.entropy().figure(0), tf.step_statistic_figure(tr.entropy(), 0)),
+        (tr.top_k(3).figure(0, False), tf.top_k_figure(tr.top_k(3), 0, False)),
+        (tr.superposition(k=3).figure(0, 1), tf.superposition_figure(tr.superposition(k=3), 0, 1)),
+        (lay.layer_entropy().figure(1), tf.layer_statistic_figure(lay.layer_entropy(), 1)),
+    ]
+    for a, b in pairs:
+        assert isinstance(a, go.Figure) and a.to_json() == b.to_json()
+    frame = lay.layer_entropy().to_frame()
+    assert len(frame) == 2 * 3 * 3 and list(frame.columns) == [
+        "example",
+        "step",
+        "layer",
+        "entropy",
+        "top1_token",
+    ]
+    assert frame["entropy"].tolist() == pytest.approx(lay.layer_entropy().values.reshape(-1))
+    sup = tr.superposition(k=2).to_frame()
+    assert len(sup) == 4 * 2 and sup["weight"].tolist()[:2] == pytest.approx(
+        tr.top_k(2).probs[0, 0].tolist()
+    )
+
+
+def test_lens_and_inspector_name_no_method():
+    """Alignment comes from the method registry: no method name as a string literal here."""
+    import ast
+    from pathlib import Path
+
+    import workbench.lens
+    import workbench.viz
+
+    names = {"cot", "nocot", "coconut", "latent_sft"}
+    files = sorted(Path(workbench.lens.__file__).parent.glob("*.py"))
+    files.append(Path(workbench.viz.__file__).parent / "inspector.py")
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value not in names, f"{path.name}:{node.lineno} names {node.value!r}"
+
+
 # ----- a real (tiny, untrained) model -----------------------------------------------------------
 
 
@@ -358,6 +406,35 @@ def test_from_eval_reorders_rows_and_keeps_fed_weights(tok):
     assert sub.questions == [ex[1]["question"], ex[3]["question"]] and sub.example_index == [1, 3]
 
 
+def test_from_eval_alignment_keyword_and_shorthands(tok):
+    from workbench.lens.alignment import Alignment
+
+    ex = _examples()
+    model = build_model(ModelConfig(n_layer=1, d_model=16, n_head=2), tok, seed=3).float()
+    res = evaluate(model, tok, ex, spec=LatentSpec(None, None, 4), record_trace=True)
+    texs = tokenize_examples(ex, tok)
+
+    def targets(**kw):
+        return LatentTrajectory.from_eval(res, model, tok, ex, layers=False, **kw).aligned_targets
+
+    by_step = targets(alignment=Alignment(latents_per_step=2))
+    assert by_step == targets(latents_per_step=2)
+    assert by_step[0][:4] == [texs[0].steps[j // 2] for j in range(4)]
+    fixed = targets(alignment=Alignment(tokens_per_latent=3))
+    assert fixed == targets(fixed_rate=3)
+    assert [t for seg in fixed[0] for t in seg] == texs[0].reasoning()[: 3 * 4]
+    # nothing declared: by step with c = max(1, n_latent // n_steps), per example
+    inferred = targets()
+    for b, tex in enumerate(texs):
+        c = max(1, 4 // len(tex.steps))
+        assert inferred[b][:4] == Alignment(latents_per_step=c).targets(tex, 4)
+    assert {max(1, 4 // len(t.steps)) for t in texs} == {1, 2}  # both cases occur
+    with pytest.raises(ValueError, match="not both"):
+        targets(alignment=Alignment(latents_per_step=2), latents_per_step=2)
+    with pytest.raises(TypeError, match="Alignment"):
+        targets(alignment=2)
+
+
 # ----- report -------------------------------------------------------------------------------------
 
 
@@ -416,7 +493,10 @@ def test_standard_report_has_every_view_for_two_methods(tok, tmp_path):
 
 
 def test_metrics_report_alignment_against_another_examples_segments():
-    """A latent aligned to its own CoT segment ranks it first; the control (another example's) does not."""
+    """A latent aligned to its own CoT segment ranks it first.
+
+    The control (another example's segment) does not.
+    """
     rows = []
     for tok in (1, 6):
         r = [0.1 / (V - 1)] * V

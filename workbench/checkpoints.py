@@ -61,9 +61,7 @@ def build_checkpoints(
     methods = shipped if methods is None else tuple(methods)
     unknown = [m for m in methods if m not in shipped]
     if unknown:
-        raise ConfigError(
-            f"methods = {unknown}: not shipped; expected a subset of {list(shipped)}"
-        )
+        raise ConfigError(f"methods = {unknown}: not shipped; expected a subset of {list(shipped)}")
     out = Path(out_dir) if out_dir else checkpoints_dir()
     data = prepare_data(
         "multiplication", train_size=TRAIN_SIZE, test_size=test_size, seed=seed, digits_a=3
@@ -103,7 +101,9 @@ def build_checkpoints(
         t0 = time.perf_counter()
         kwargs = dict(get_method(name).recipe(seed))
         train_size = kwargs.pop("train_size", None)
-        method_data = data if train_size is None else dataclasses.replace(data, train=data.train[:train_size])
+        method_data = (
+            data if train_size is None else dataclasses.replace(data, train=data.train[:train_size])
+        )
         tm = train(name, method_data, cot, seed=seed, **kwargs)
         tm.meta["data"] = data.describe()  # the splits to regenerate: train_size of the full set
         finish(tm, t0)

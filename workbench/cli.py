@@ -113,7 +113,6 @@ def cmd_train(args) -> int:
     if args.resume and (out / METHOD_FILE).exists():
         print(f"{out} already holds a finished {method!r} run; nothing to resume")
         return 0
-    data = _data_from(cfg, src)
     mc = config_from_dict(ModelConfig, cfg.get("model", {}), source=f"{src}:model")
     # Periodic checkpoints under --out, so a killed run continues with --resume.
     kill_safe = {"output_dir": str(out / "checkpoints"), "save_every": args.save_every}
@@ -130,6 +129,7 @@ def cmd_train(args) -> int:
     for name in _method_sections():
         if name != method and name in cfg:
             raise ConfigError(f"{src}: section {name!r} given, but method is {method!r}")
+    data = _data_from(cfg, src)  # after every config is checked: a typo fails at once
     base = None
     if args.init:
         base = TrainedModel.load(args.init)
@@ -236,9 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a killed run from the latest checkpoint under --out",
     )
-    t.add_argument(
-        "--save-every", type=int, default=50, help="optimizer steps between checkpoints"
-    )
+    t.add_argument("--save-every", type=int, default=50, help="optimizer steps between checkpoints")
     t.add_argument("--set", action="append", help="section.key=value override")
     t.set_defaults(fn=cmd_train)
 
@@ -293,7 +291,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a workbench error prints one line (``--debug``: the traceback) and exits 2."""
+    """Run one command; a workbench error prints one line (``--debug``: traceback), exit 2."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0")
     try:

@@ -18,8 +18,6 @@ from workbench.errors import WorkbenchError
 T = TypeVar("T")
 
 
-
-
 class ConfigError(WorkbenchError, ValueError):
     """A config value or key is wrong; the message names it and says what is allowed."""
 
@@ -41,8 +39,11 @@ def check_range(
     le: float | None = None,
     lt: float | None = None,
     allow_none: bool = False,
+    integer: bool = False,
 ) -> None:
     """Raise :class:`ConfigError` unless ``owner.name`` lies in the given bounds.
+
+    ``integer=True`` also refuses a float (``steps = 2.5``).
 
     ``owner`` is the config instance (its class names the error); the message reads
     ``CoconutConfig.c_thought = 0: expected a number >= 1``.
@@ -51,12 +52,12 @@ def check_range(
     if value is None and allow_none:
         return
     bounds = [
-        f"{op} {b}"
-        for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt))
-        if b is not None
+        f"{op} {b}" for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if b is not None
     ]
-    expected = "a number " + " and ".join(bounds) + (" (or None)" if allow_none else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    kind = "an integer " if integer else "a number "
+    expected = kind + " and ".join(bounds) + (" (or None)" if allow_none else "")
+    types_ok = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types_ok):
         _fail(owner, name, value, expected)
     if value != value:  # NaN
         _fail(owner, name, value, expected)
@@ -70,7 +71,7 @@ def check_range(
 
 
 def check_choice(owner: object, name: str, choices, *, allow_none: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``owner.name`` is one of ``choices`` (listed in the error)."""
+    """Raise :class:`ConfigError` unless ``owner.name`` is one of ``choices`` (listed)."""
     value = getattr(owner, name)
     if value is None and allow_none:
         return

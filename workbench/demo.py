@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.config import check_range, check_that
-
 from workbench.experiment import (
     TrainedModel,
     default_train_config,
@@ -75,7 +74,9 @@ class DemoConfig:
         check_range(self, "coconut_steps_per_stage", ge=0)
         check_range(self, "coconut_c", ge=1)
         check_range(self, "d_model", ge=8)
-        check_that(self, "d_model", self.d_model % 4 == 0, "a multiple of 4 (the default has 4 heads)")
+        check_that(
+            self, "d_model", self.d_model % 4 == 0, "a multiple of 4 (the default has 4 heads)"
+        )
         check_range(self, "batch_size", ge=1)
         check_range(self, "report_examples", ge=1)
         check_range(self, "train_size", ge=1)
@@ -147,7 +148,12 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
             eval_every=None,
         )
         coconut = train(
-            DEMO_LATENT_METHOD, data, trained[BASE_METHOD], config=cc, train_config=tc, seed=cfg.seed
+            DEMO_LATENT_METHOD,
+            data,
+            trained[BASE_METHOD],
+            config=cc,
+            train_config=tc,
+            seed=cfg.seed,
         )
         record(coconut, (time.perf_counter() - t1) / 60)
         report = _trajectory_report(
@@ -181,7 +187,7 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
 
 
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:
-    """The baselines' recipe (:func:`workbench.experiment.default_train_config`) at the demo's batch."""
+    """The baselines' recipe (:func:`~workbench.experiment.default_train_config`), demo batch."""
     return default_train_config(seed=cfg.seed, eval_every=250, batch_size=cfg.batch_size)
 
 

@@ -13,7 +13,7 @@ class WorkbenchError(Exception):
 
 
 class CheckpointError(WorkbenchError):
-    """A saved model folder cannot be used: missing or corrupt file, mismatched shapes, wrong method."""
+    """A saved model folder cannot be used: missing/corrupt file, wrong shapes, wrong method."""
 
 
 class MissingFileError(WorkbenchError, FileNotFoundError):

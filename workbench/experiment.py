@@ -92,9 +92,7 @@ def train_latent_sft(data: TaskData, base, *, config=None, **kwargs) -> TrainedM
 
 def compare(models: list[TrainedModel], examples=None, **kwargs) -> pd.DataFrame:
     """One row per method: accuracy and reasoning lengths on the same examples."""
-    return pd.concat(
-        [m.evaluate(examples, **kwargs).to_frame() for m in models], ignore_index=True
-    )
+    return pd.concat([m.evaluate(examples, **kwargs).to_frame() for m in models], ignore_index=True)
 
 
 # ----- shipped checkpoints -------------------------------------------------------------------
@@ -107,9 +105,7 @@ def checkpoints_dir() -> Path:
 
 def shipped_methods() -> list[str]:
     """Methods with a checkpoint under :func:`checkpoints_dir`."""
-    return sorted(
-        p.name for p in checkpoints_dir().glob("*") if (p / METHOD_FILE).exists()
-    )
+    return sorted(p.name for p in checkpoints_dir().glob("*") if (p / METHOD_FILE).exists())
 
 
 def data_for(tm: TrainedModel, *, test_size: int = 1000, seed: int = 0) -> TaskData:
@@ -177,7 +173,7 @@ def load_or_train(
     train_size: int = 1000,
     minutes: float = 2.0,
 ) -> TrainedModel:
-    """A model of ``method`` for inspection: the shipped checkpoint if there is one, else a quick one.
+    """A model of ``method`` to inspect: the shipped checkpoint if there is one, else a quick one.
 
     The quick path starts from the CoT starting point (:func:`cot_starting_point`) and trains
     the method's ``quick_config`` (a baseline without a base trains for ``minutes``); it is
@@ -210,7 +206,6 @@ def describe(tm: TrainedModel) -> dict[str, Any]:
 
 
 __all__ = [
-    "METHODS",
     "METHOD_FILE",
     "TaskData",
     "TrainedModel",

@@ -20,7 +20,13 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from workbench import __version__
 from workbench.data.schema import Example
-from workbench.engine.spec import LatentSpec, load_spec_parts, save_spec_parts, spec_from_dict, spec_to_dict
+from workbench.engine.spec import (
+    LatentSpec,
+    load_spec_parts,
+    save_spec_parts,
+    spec_from_dict,
+    spec_to_dict,
+)
 from workbench.errors import CheckpointError, MissingFileError
 from workbench.io import atomic_folder
 from workbench.models.build import load_local_model
@@ -80,7 +86,11 @@ class TrainedModel:
 
     @classmethod
     def load(
-        cls, path: str | Path, test_examples: list[Example] | None = None, *, method: str | None = None
+        cls,
+        path: str | Path,
+        test_examples: list[Example] | None = None,
+        *,
+        method: str | None = None,
     ) -> TrainedModel:
         """Load a folder written by :meth:`save`; ``method`` (optional) is checked against it.
 

@@ -8,7 +8,8 @@ Why this module exists:
 * **Reproducible bytes.** :func:`load_task_dataset` caches each split as sorted-key JSONL under
   ``data_dir()/cache/<task>-<difficulty>-<sizes>-seed<seed>/`` with a ``meta.json``; the same
   arguments give byte-identical files. The cache is written to a temporary folder and moved in
-  place with ``os.replace``, so an interrupted build leaves no half cache. ``meta.json`` records
+  place in one rename (:func:`workbench.io.atomic_folder`), so an interrupted build leaves
+  no half cache. ``meta.json`` records
   a hash of the generator's source; when the generator changes, the cache is rebuilt.
 * **One column layout.** Every ``Dataset`` here has the columns ``question`` (str), ``steps``
   (list of str), ``answer`` (str) and ``extras``: a JSON string (sorted keys) holding every other
@@ -23,11 +24,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import random
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,11 +34,12 @@ from typing import Any
 
 import datasets as hf
 
-from workbench.config import ConfigError
-from workbench.errors import WorkbenchError
+from workbench.config import ConfigError, check_choice, check_range, check_that
 from workbench.data.loaders import _ALIASES, FORMATS, load_examples
 from workbench.data.schema import Example, validate_example
 from workbench.data.tasks import TASK_MODULES, get_task
+from workbench.errors import WorkbenchError
+from workbench.io import atomic_folder
 from workbench.paths import data_dir
 
 CORE_FIELDS = ("question", "steps", "answer")
@@ -211,42 +210,16 @@ def _jsonl_bytes(examples: list[Example]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_cache(final: Path, splits: dict[str, list[Example]], meta: dict[str, Any]) -> None:
     """Write all files into a temporary sibling folder, then move it to ``final`` in one step."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    old = None
-    try:
+    with atomic_folder(final) as tmp:
         files = {}
         for name, examples in splits.items():
             data = _jsonl_bytes(examples)
-            _write_file(tmp / f"{name}.jsonl", data)
+            (tmp / f"{name}.jsonl").write_bytes(data)
             files[name] = {"rows": len(examples), "sha256": hashlib.sha256(data).hexdigest()}
         meta = {**meta, "files": files}
-        _write_file(tmp / "meta.json", (json.dumps(meta, sort_keys=True, indent=2) + "\n").encode())
-        if final.exists():  # a stale cache: move it aside, then swap
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a concurrent builder winning the race
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n")
 
 
 def _read_cache(folder: Path, identity: dict[str, Any], splits: list[str]) -> hf.DatasetDict | None:
@@ -477,25 +450,17 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in ("train_size", "val_size", "test_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"DataConfig.{name} must be a positive int, got {v!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"DataConfig.seed must be an int, got {self.seed!r}")
-        if not isinstance(self.difficulty, dict):
-            raise ConfigError(
-                f"DataConfig.difficulty must be a mapping of knob -> value, got {self.difficulty!r}"
-            )
-        if _ALIASES.get(self.format, self.format) not in FORMATS:
-            raise ConfigError(
-                f"DataConfig.format must be one of {list(FORMATS)}, got {self.format!r}"
-            )
+            check_range(self, name, ge=1, integer=True)
+        check_range(self, "seed", ge=0, integer=True)
+        check_that(self, "difficulty", isinstance(self.difficulty, dict), "a mapping knob -> value")
+        check_choice(self, "format", [*FORMATS, *_ALIASES])
         if self.path is None:
-            if self.task not in TASK_MODULES:
-                raise ConfigError(
-                    f"DataConfig.task {self.task!r} is not a known task; known: "
-                    f"{sorted(TASK_MODULES)} (or set path= to load your own data)"
-                )
+            check_that(
+                self,
+                "task",
+                self.task in TASK_MODULES,
+                f"a known task, one of {sorted(TASK_MODULES)} (or set path= to load your own data)",
+            )
             resolve_difficulty(self.task, self.difficulty)
         else:
             if not isinstance(self.task, str) or not self.task:

@@ -63,7 +63,7 @@ def tokenize_examples(
     ans = enc([e["answer"] for e in examples])
     flat = enc([s for e in examples for s in e["steps"]])
     out, i = [], 0
-    for e, q, a in zip(examples, qs, ans):
+    for e, q, a in zip(examples, qs, ans, strict=True):
         n = len(e["steps"])
         out.append(TokenizedExample(q, flat[i : i + n], a, sep))
         i += n
@@ -83,7 +83,7 @@ def build_sequence(
     first_step: int = 0,
     with_steps: bool = True,
 ) -> dict:
-    """One training sequence (see the module docstring) as ``input_ids``, ``labels``, ``n_latent``."""
+    """One training sequence (module docstring) as ``input_ids``, ``labels``, ``n_latent``."""
     prompt = prompt_ids(tex, sp)
     reasoning = tex.reasoning(first_step) if with_steps else []
     target = reasoning + [sp.eot] + tex.answer + [sp.eos]
@@ -100,13 +100,13 @@ def collate(seqs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """
     plen = max(s["prompt_len"] for s in seqs)
     left = [plen - s["prompt_len"] for s in seqs]
-    total = max(lp + len(s["input_ids"]) for lp, s in zip(left, seqs))
+    total = max(lp + len(s["input_ids"]) for lp, s in zip(left, seqs, strict=True))
     B = len(seqs)
     ids = torch.full((B, total), pad_id, dtype=torch.long)
     labels = torch.full((B, total), IGNORE, dtype=torch.long)
     mask = torch.zeros((B, total), dtype=torch.long)
     latent = torch.zeros((B, total), dtype=torch.bool)
-    for b, (lp, s) in enumerate(zip(left, seqs)):
+    for b, (lp, s) in enumerate(zip(left, seqs, strict=True)):
         n = len(s["input_ids"])
         ids[b, lp : lp + n] = torch.tensor(s["input_ids"])
         labels[b, lp : lp + n] = torch.tensor(s["labels"])

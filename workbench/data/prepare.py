@@ -47,7 +47,7 @@ def prepare_data(
     tokenizer: PreTrainedTokenizerBase | str | None = None,
     **difficulty,
 ) -> TaskData:
-    """Generate (and cache) a task's splits, or load a local dataset from ``path``; build a tokenizer.
+    """Generate (and cache) a task's splits, or load a local dataset from ``path``; tokenizer too.
 
     ``tokenizer`` may be a tokenizer, a local folder to load one from, or ``None`` to build the
     task's default (``char`` for arithmetic, ``word`` for text).

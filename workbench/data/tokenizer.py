@@ -84,7 +84,9 @@ def build_word_tokenizer(texts: Iterable[str], min_count: int = 1) -> PreTrained
         vocab.setdefault(d, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    tok.decoder = decoders.WordPiece(
+        prefix="##", cleanup=True
+    )  # joins words with spaces, tidies punctuation
     return _wrap(tok)
 
 
@@ -133,9 +135,13 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialIds:
             "call workbench.data.tokenizer.ensure_special_tokens(tokenizer) and resize the model"
         )
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError("pad and eos share an id; give the tokenizer a distinct pad token "
-                         "(RESEARCH Part B 3(d).3: pad must not equal EOS)")
-    return SpecialIds(tokenizer.pad_token_id, tokenizer.eos_token_id, vocab[BOT], vocab[EOT], vocab[LATENT])
+        raise ValueError(
+            "pad and eos share an id; give the tokenizer a distinct pad token "
+            "(RESEARCH Part B 3(d).3: pad must not equal EOS)"
+        )
+    return SpecialIds(
+        tokenizer.pad_token_id, tokenizer.eos_token_id, vocab[BOT], vocab[EOT], vocab[LATENT]
+    )
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from workbench.data.layout import pad_prompts, prompt_ids, tokenize_examples
 from workbench.data.tokenizer import special_ids
 from workbench.engine.loop import run_latent
 from workbench.engine.spec import LatentSpec
 from workbench.engine.trace import Trace
 from workbench.eval.answers import extract_fallback, normalize_answer
-from workbench.data.layout import pad_prompts, prompt_ids, tokenize_examples
 
 
 @dataclass

@@ -53,7 +53,7 @@ def method_names() -> tuple[str, ...]:
 
 
 def get_method(name: str) -> MethodRecord:
-    """The record of method ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
+    """The record of method ``name``; an unknown name is a :class:`ConfigError` listing them."""
     if name not in _MODULES:
         close = difflib.get_close_matches(str(name), list(_MODULES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -61,7 +61,9 @@ def get_method(name: str) -> MethodRecord:
     if name not in _CACHE:
         record = importlib.import_module(_MODULES[name]).RECORD
         if record.name != name:
-            raise RuntimeError(f"{_MODULES[name]}.RECORD is named {record.name!r}, registered as {name!r}")
+            raise RuntimeError(
+                f"{_MODULES[name]}.RECORD is named {record.name!r}, registered as {name!r}"
+            )
         _CACHE[name] = record
     return _CACHE[name]
 

@@ -38,11 +38,11 @@ class MethodRecord:
     quick_config: Callable[[int], Any] | None = None
     """``seed -> config`` of a short run (``load_or_train`` when nothing is shipped)."""
     needs_base: bool = False
-    """Starts from a trained CoT model (``--init``, :func:`~workbench.experiment.cot_starting_point`)."""
+    """Starts from a trained CoT model (``--init``; see ``experiment.cot_starting_point``)."""
     notebook: str | None = None
     """The notebook that trains it (``notebooks/<file>``)."""
     recipe: Callable[[int], dict] | None = None
-    """``seed -> train kwargs`` of the shipped checkpoint (``make checkpoints``); ``None``: not shipped."""
+    """``seed -> train kwargs`` of the shipped checkpoint (``make checkpoints``); ``None``: none."""
 
 
 # ----- helpers every train function uses ------------------------------------------------------

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from workbench.config import check_choice, check_range
+from workbench.data.layout import TokenizedExample, build_sequence, collate, tokenize_examples
 from workbench.data.tokenizer import special_ids
 from workbench.engine.feedback import FEEDBACK_RULES, FeedbackRule, make_feedback
 from workbench.engine.forward import latent_forward, shifted_ce
@@ -43,7 +44,6 @@ from workbench.methods.base import (
     trainable_net,
     val_accuracy_fn,
 )
-from workbench.data.layout import TokenizedExample, build_sequence, collate, tokenize_examples
 
 NAME = "coconut"
 
@@ -59,17 +59,17 @@ class CoconutConfig:
     steps_per_stage: int = 400
     """Optimizer steps spent in each stage >= 1 (the reference counts epochs)."""
     cot_steps: int = 0
-    """Stage-0 (explicit CoT) steps; 0 when starting from a CoT-trained model, as the GSM config does."""
+    """Stage-0 (explicit CoT) steps; 0 when starting from a CoT-trained model (the GSM config)."""
     final_stage_steps: int | None = None
     """Extra steps at the final stage (defaults to ``steps_per_stage``)."""
     reset_optimizer: bool = True
     """Fresh optimizer and schedule at each stage (reference: ``reset_optimizer``)."""
     pad_latent_to_max: bool = True
-    """Examples with fewer steps than the stage still get ``max_latent_stage * c`` latents at the end."""
+    """Past the last stage every example gets ``max_latent_stage * c`` latents (any step count)."""
     uniform_prob: float = 0.0
-    """Probability of training an example at a random other stage (reference: 0; 0.05 for analyses)."""
+    """Chance of training an example at a random other stage (reference: 0; 0.05 for analyses)."""
     feedback: str = "hidden"
-    """Engine feedback rule: ``hidden`` is Coconut; ``projected``/``superposition`` are ablations."""
+    """Engine feedback rule: ``hidden`` is Coconut; ``projected``/``superposition``: ablations."""
     seed: int = 0
     """Seed of the stage-mixing draws."""
 
@@ -95,7 +95,7 @@ class CoconutConfig:
         )
 
     def inference_spec(self, feedback: FeedbackRule | None = None) -> LatentSpec:
-        """The final-stage spec: exactly ``max_latent_stage * c`` thoughts, then a forced ``<eot>``."""
+        """The final-stage spec: ``max_latent_stage * c`` thoughts, then a forced ``<eot>``."""
         return LatentSpec(
             feedback=feedback,
             stop=FixedSteps(self.n_latent),
@@ -163,7 +163,7 @@ def train(
     import pandas as pd
 
     from workbench.models.build import count_parameters
-    from workbench.train import Trainer
+    from workbench.train import Trainer, latest_checkpoint
     from workbench.trained import TrainedModel
 
     if time_budget_s is not None:
@@ -174,7 +174,9 @@ def train(
     cc = config or CoconutConfig(seed=seed)
     tok = data.tokenizer
     model = starting_model(base, tok, model_config, seed)
-    feedback = cc.make_feedback(model.config.hidden_size)
+    with torch.random.fork_rng():  # the rule's init follows the seed, not the global RNG
+        torch.manual_seed(seed)
+        feedback = cc.make_feedback(model.config.hidden_size)
     net = trainable_net(model, feedback)
     collator = CoconutCollator(tok, cc, stage=0 if cc.cot_steps else 1)
     cfg = train_config or default_train_config(seed=seed, lr=5e-4, warmup_steps=20)
@@ -195,16 +197,23 @@ def train(
         eval_fn=eval_fn,
         callbacks=callbacks,
     )
-    frames, done = [], 0
-    for i, (stage, steps) in enumerate(stages):
+    # Stage i ends at a fixed optimizer step, so a resumed run (TrainConfig.resume) re-enters
+    # the curriculum where it was killed: finished stages are skipped, and the optimizer is only
+    # reset when a stage starts, never in the middle of one (its state comes from the checkpoint).
+    ends = [sum(n for _, n in stages[: i + 1]) for i in range(len(stages))]
+    resume_from = latest_checkpoint(cfg.output_dir) if cfg.resume and cfg.output_dir else None
+    if resume_from is not None:
+        trainer.resume_from_checkpoint(resume_from)
+    frames = []
+    for i, (stage, _) in enumerate(stages):
+        if trainer.step >= ends[i]:
+            continue
         collator.stage = stage
-        if i > 0:
-            if cc.reset_optimizer:
-                trainer.reset_optimizer()
-            trainer.config.max_steps = done + steps
+        trainer.config.max_steps = ends[i]
+        if i > 0 and cc.reset_optimizer and trainer.step == ends[i - 1]:
+            trainer.reset_optimizer()
         n_before = len(trainer.log_history)
         trainer.train()
-        done = trainer.step
         part = pd.DataFrame(trainer.log_history[n_before:])
         part["stage"] = stage
         frames.append(part)

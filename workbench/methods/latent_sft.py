@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workbench.config import ConfigError
+from workbench.config import check_choice, check_range, check_that
 from workbench.data.tokenizer import SpecialIds, special_ids
 from workbench.engine.feedback import Feedback, SuperpositionFeedback, gumbel_noise, superpose
 from workbench.engine.forward import shifted_ce
@@ -243,18 +243,6 @@ class LatentSFTConfig:
     """Seeds the Trainer (data order) and the Gumbel generator. ``>= 0``."""
 
     def __post_init__(self) -> None:
-        def check(name, ok, allowed):
-            if not ok:
-                raise ConfigError(
-                    f"LatentSFTConfig.{name} must be {allowed}, got {getattr(self, name)!r}"
-                )
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
         for name, lo in (
             ("compression_rate", 1),
             ("top_k", 1),
@@ -271,45 +259,34 @@ class LatentSFTConfig:
             ("log_every", 1),
             ("seed", 0),
         ):
-            v = getattr(self, name)
-            check(name, is_int(v) and v >= lo, f"an integer >= {lo}")
+            check_range(self, name, ge=lo, integer=True)
         for name in ("stage2_batch_size", "eval_every"):
-            v = getattr(self, name)
-            check(name, v is None or (is_int(v) and v >= 1), "None or an integer >= 1")
-        for name in (
-            "temperature",
-            "encoder_lr",
-            "decoder_lr",
-            "union_lr",
-            "stage2_lr",
-            "gumbel_tau",
-        ):
-            v = getattr(self, name)
-            check(name, is_num(v) and v > 0, "a number > 0")
+            check_range(self, name, ge=1, integer=True, allow_none=True)
+        for name in ("temperature", "encoder_lr", "decoder_lr", "union_lr", "stage2_lr"):
+            check_range(self, name, gt=0)
+        check_range(self, "gumbel_tau", gt=0)
         for name in ("weight_decay", "gumbel_noise_scale", "kl_weight", "ce_weight"):
-            v = getattr(self, name)
-            check(name, is_num(v) and v >= 0, "a number >= 0")
-        check(
-            "max_time_s",
-            self.max_time_s is None or (is_num(self.max_time_s) and self.max_time_s > 0),
-            "None or a number > 0",
-        )
+            check_range(self, name, ge=0)
+        check_range(self, "max_time_s", gt=0, allow_none=True)
         c = self.gumbel_clamp
-        check(
+        check_that(
+            self,
             "gumbel_clamp",
             isinstance(c, (tuple, list))
             and len(c) == 2
-            and all(is_num(x) for x in c)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in c)
             and c[0] < c[1],
             "a pair (lo, hi) with lo < hi",
         )
         self.gumbel_clamp = (float(c[0]), float(c[1]))
         for name in ("gumbel", "progress"):
-            check(name, isinstance(getattr(self, name), bool), "True or False")
-        if self.kl_weight == 0 and self.ce_weight == 0:
-            raise ConfigError(
-                "LatentSFTConfig: kl_weight and ce_weight are both 0; stage 2 would have no loss"
-            )
+            check_choice(self, name, (True, False))
+        check_that(
+            self,
+            "ce_weight",
+            self.kl_weight != 0 or self.ce_weight != 0,
+            "> 0 when kl_weight is 0 (stage 2 would have no loss)",
+        )
 
     @property
     def stage2_bs(self) -> int:
@@ -1248,8 +1225,6 @@ def train(
 def alignment(meta: dict):
     """Latent ``i`` stands for the i-th ``r``-token CoT segment (older checkpoints keep the config
     under ``meta["latent_sft"]``)."""
-    from workbench.lens.alignment import Alignment
-
     cfg = meta.get("config") or meta.get(NAME) or {}
     return Alignment(tokens_per_latent=int(cfg.get("compression_rate", LatentSFTConfig.compression_rate)))
 

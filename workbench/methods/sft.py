@@ -6,13 +6,13 @@ train a new or given model with next-token cross-entropy through the shared Trai
 
 from __future__ import annotations
 
+from workbench.data.layout import SequenceCollator, tokenize_examples
 from workbench.methods.base import (
     default_train_config,
     starting_model,
     val_accuracy_fn,
     with_time_budget,
 )
-from workbench.data.layout import SequenceCollator, tokenize_examples
 
 
 def train_sft(

@@ -201,8 +201,8 @@ def _diagnose_mismatch(path: Path, stored: dict[str, tuple[int, ...]]) -> None:
         if name in stored and tuple(tensor.shape) != stored[name]:
             raise CheckpointError(
                 f"{path}: config.json does not match the weights: tensor {name!r} is stored as "
-                f"{list(stored[name])} but config.json builds {list(tensor.shape)}; fix config.json "
-                "or re-save the model"
+                f"{list(stored[name])} but config.json builds {list(tensor.shape)}; fix "
+                "config.json or re-save the model"
             )
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.errors import CheckpointError, MissingFileError
 from workbench.io import atomic_folder, leftovers, remove_folder
 
 __all__ = [
@@ -96,8 +97,11 @@ _IGNORED_CONFIG_KEYS = {
 DATA_ORDER_FIELDS = ("batch_size", "grad_accum_steps", "seed", "shuffle", "drop_last")
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was saved from a model whose config or weights differ from the current one."""
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A checkpoint was saved from a model whose config or weights differ from the current one.
+
+    A :class:`~workbench.errors.WorkbenchError` (the CLI prints its message as one line) and,
+    as before, a ``ValueError``."""
 
 
 class _FailedElsewhere(Exception):
@@ -176,7 +180,7 @@ def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     """The ``trainer_state.json`` of checkpoint ``path`` (``FileNotFoundError`` if incomplete)."""
     state_file = os.path.join(os.fspath(path), TRAINER_STATE)
     if not os.path.isfile(state_file):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{os.fspath(path)} has no {TRAINER_STATE}; not a complete workbench checkpoint"
         )
     with open(state_file) as f:
@@ -316,7 +320,7 @@ def _weight_files(ckpt: str) -> list[str]:
     single = os.path.join(ckpt, WEIGHTS_NAME)
     if os.path.isfile(single):
         return [single]
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{ckpt}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX}; not a workbench checkpoint"
     )
 

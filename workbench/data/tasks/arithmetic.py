@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import re
 
+from workbench.config import ConfigError
 from workbench.data.schema import Example
 
 NAME = "arithmetic"
@@ -168,18 +169,18 @@ def generate(
     """
     max_result = 10 * max_value if max_result is None else max_result
     if not 1 <= min_steps <= max_steps:
-        raise ValueError(
+        raise ConfigError(
             f"need 1 <= min_steps <= max_steps, got min_steps={min_steps}, max_steps={max_steps}"
         )
     if max_steps + 1 > len(PEOPLE):
-        raise ValueError(
+        raise ConfigError(
             f"max_steps={max_steps} needs more than the {len(PEOPLE)} names available; "
             f"use max_steps <= {len(PEOPLE) - 1}"
         )
     if max_value < 2:
-        raise ValueError(f"max_value must be >= 2, got {max_value}")
+        raise ConfigError(f"max_value must be >= 2, got {max_value}")
     if max_result < max_value + 1:
-        raise ValueError(
+        raise ConfigError(
             f"max_result={max_result} must exceed max_value={max_value} so every chain can continue"
         )
     return [

@@ -31,6 +31,7 @@ import random
 from collections import deque
 from itertools import pairwise, product
 
+from workbench.config import ConfigError
 from workbench.data.schema import Example
 
 NAME = "graph"
@@ -229,24 +230,24 @@ def generate(
     smaller vocabulary); ``None`` uses all 648.
     """
     if not 1 <= min_depth <= max_depth:
-        raise ValueError(
+        raise ConfigError(
             f"need 1 <= min_depth <= max_depth, got min_depth={min_depth}, max_depth={max_depth}"
         )
     if n_concepts < 2 * max_depth + 1:
-        raise ValueError(
+        raise ConfigError(
             f"n_concepts={n_concepts} is too small for max_depth={max_depth}: "
             f"use n_concepts >= {2 * max_depth + 1} (a path plus a distractor chain)"
         )
     if not 2 <= min_people <= max_people <= len(PEOPLE_NAMES):
-        raise ValueError(
+        raise ConfigError(
             f"need 2 <= min_people <= max_people <= {len(PEOPLE_NAMES)}, "
             f"got min_people={min_people}, max_people={max_people}"
         )
     if edges_per_concept <= 0:
-        raise ValueError(f"edges_per_concept must be > 0, got {edges_per_concept}")
+        raise ConfigError(f"edges_per_concept must be > 0, got {edges_per_concept}")
     names = CONCEPT_NAMES if n_names is None else CONCEPT_NAMES[:n_names]
     if len(names) < n_concepts:
-        raise ValueError(
+        raise ConfigError(
             f"n_names={n_names} is smaller than n_concepts={n_concepts}; raise n_names"
         )
     n_edges = round(edges_per_concept * n_concepts)

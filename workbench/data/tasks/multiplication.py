@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 
+from workbench.config import ConfigError
 from workbench.data.schema import Example
 
 NAME = "multiplication"
@@ -44,11 +45,13 @@ def make_example(a: int, b: int) -> Example:
     return {"question": f"{_rev(a, n)}*{_rev(b, m)}", "steps": steps, "answer": _rev(a * b, n + m)}
 
 
-def generate(n: int, rng: random.Random, digits_a: int = 3, digits_b: int | None = None) -> list[Example]:
+def generate(
+    n: int, rng: random.Random, digits_a: int = 3, digits_b: int | None = None
+) -> list[Example]:
     """``n`` random problems with ``digits_a`` x ``digits_b`` digit operands (difficulty knob)."""
     digits_b = digits_a if digits_b is None else digits_b
     if digits_a < 1 or digits_b < 1:
-        raise ValueError(f"digits must be >= 1, got digits_a={digits_a}, digits_b={digits_b}")
+        raise ConfigError(f"digits must be >= 1, got digits_a={digits_a}, digits_b={digits_b}")
     lo_a, hi_a = 10 ** (digits_a - 1), 10**digits_a - 1
     lo_b, hi_b = 10 ** (digits_b - 1), 10**digits_b - 1
     return [make_example(rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)) for _ in range(n)]
