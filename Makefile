@@ -2,8 +2,8 @@
 #
 #   make env          create $(VENV): CPU torch first, then the package (editable) with the
 #                     notebooks and test extras, and the Jupyter kernel "python3" -> that Python
-#   make test         the whole suite: pytest tests/ (unit + papermill notebook runs), then
-#                     nbval over notebooks/ (each notebook runs top to bottom)
+#   make test         the whole suite: ruff (lint + format check), pytest tests/ (unit +
+#                     papermill notebook runs), nbval over notebooks/, the browser test
 #   make demo         python -m workbench demo $(DEMO_ARGS)
 #   make help         every target and variable
 #
@@ -39,7 +39,7 @@ BENCH_THREADS   ?= 2
 TEST_PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::PendingDeprecationWarning
 
 STAMP     := $(VENV)/.workbench-env.stamp
-ENV_CHECK := import sys; assert sys.version_info >= (3, 11); import torch, workbench, nbformat, papermill, nbval, ipykernel, pytest, xdist, pandas, plotly
+ENV_CHECK := import sys; assert sys.version_info >= (3, 11); import torch, workbench, nbformat, papermill, nbval, ipykernel, pytest, xdist, pandas, plotly, ruff
 TIMEOUT   := $(shell command -v timeout || command -v gtimeout)
 
 # Environment of `make test` (and of every kernel it starts): tests never download anything,
@@ -125,7 +125,9 @@ checkpoint checkpoints: $(STAMP)
 # fails if either did. nbval exits 5 ("no tests") on a folder without notebooks, so that step is
 # skipped when notebooks/ has no .ipynb.
 test: $(STAMP)
-	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc1=0; rc2=0; rc3=0; nbval=ran; \
+	@deadline=$$(( $$(date +%s) + $(TEST_TIMEOUT) )); rc0=0; rc1=0; rc2=0; rc3=0; nbval=ran; \
+	echo ">> [test 0/3] lint: ruff check and ruff format --check"; \
+	{ "$(VENV)/bin/ruff" check . && "$(VENV)/bin/ruff" format --check .; } || rc0=$$?; \
 	echo ">> [test 1/3] unit + papermill notebook tests: pytest -n $(JOBS) tests (budget $(TEST_TIMEOUT)s)"; \
 	$(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 $(TEST_TIMEOUT)) \
 	  "$(PY)" -m pytest -n $(JOBS) -m "not browser" tests $(PYTEST_ARGS) || rc1=$$?; \
@@ -148,8 +150,8 @@ test: $(STAMP)
 	$(TEST_ENV) $(if $(TIMEOUT),$(TIMEOUT) -k 30 900) "$(PY)" -m pytest -m browser tests/browser || rc3=$$?; \
 	describe() { case "$$1" in 0) echo passed;; 124|137) echo "TIMED OUT";; *) echo "FAILED (exit $$1)";; esac; }; \
 	if [ "$$nbval" = skipped ]; then r2=skipped; else r2=$$(describe $$rc2); fi; \
-	echo ">> [test] pytest tests: $$(describe $$rc1); nbval notebooks: $$r2; browser: $$(describe $$rc3)"; \
-	[ "$$rc1" -eq 0 ] && [ "$$rc2" -eq 0 ] && [ "$$rc3" -eq 0 ]
+	echo ">> [test] ruff: $$(describe $$rc0); pytest tests: $$(describe $$rc1); nbval notebooks: $$r2; browser: $$(describe $$rc3)"; \
+	[ "$$rc0" -eq 0 ] && [ "$$rc1" -eq 0 ] && [ "$$rc2" -eq 0 ] && [ "$$rc3" -eq 0 ]
 
 benchmarks: $(STAMP)
 	@shopt -s nullglob; failed=(); ran=0; \

@@ -90,16 +90,19 @@ def main(argv=None) -> dict:
             tm.save(os.path.join(args.save, mode))
     print(
         f"\n{args.digits}x{args.digits} multiplication, {args.test_size} held-out problems, "
-        f"{args.minutes:g} min of training per method, {args.threads} threads, d_model {args.d_model}, "
+        f"{args.minutes:g} min of training per method, {args.threads} threads, "
+        f"d_model {args.d_model}, "
         f"batch {args.batch_size}, lr {args.lr:g}"
     )
     print(
-        f"{'method':8s} {'accuracy':>9s} {'train min':>9s} {'steps':>6s} {'reason tok':>10s} {'answer tok':>10s} "
+        f"{'method':8s} {'accuracy':>9s} {'train min':>9s} {'steps':>6s} "
+        f"{'reason tok':>10s} {'answer tok':>10s} "
         f"{'ms/ex':>7s}"
     )
     for r in rows:
         print(
-            f"{r['method']:8s} {r['accuracy']:9.3f} {r['train_minutes']:9.2f} {r['train_steps']:6d} "
+            f"{r['method']:8s} {r['accuracy']:9.3f} {r['train_minutes']:9.2f} "
+            f"{r['train_steps']:6d} "
             f"{r['reasoning_tokens']:10.1f} {r['answer_tokens']:10.1f} {r['ms_per_example']:7.2f}"
         )
     out = {

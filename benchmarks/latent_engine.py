@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     step_ratio = {}
     for name, fb in rules.items():
         t = timed(
-            lambda: run_latent(
+            lambda fb=fb: run_latent(
                 model,
                 batch["input_ids"],
                 batch["attention_mask"],
@@ -147,7 +147,8 @@ def main(argv=None) -> dict:
 
     print(
         f"\nlatent engine benchmark on {device_name}; default model "
-        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), batch {args.batch}, K={K}"
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
+        f"batch {args.batch}, K={K}"
     )
     print(f"{'measure':58s} {'value':>8s} {'target':>8s}")
     for name, r in step_ratio.items():
@@ -156,14 +157,17 @@ def main(argv=None) -> dict:
             f"{'<= 1.3' if name == 'hidden' else '':>8s}"
         )
     print(
-        f"{'2. batch-1 full-recompute / batched engine (per example)':58s} {inference_speedup:8.1f} {'>= 20':>8s}"
+        f"{'2. batch-1 full-recompute / batched engine (per example)':58s} "
+        f"{inference_speedup:8.1f} {'>= 20':>8s}"
     )
     print(f"{'   engine ms per example':58s} {1000 * t_engine:8.2f}")
     print(
-        f"{'   reference ms per example (' + str(args.ref_examples) + ' examples)':58s} {1000 * t_ref:8.2f}"
+        f"{'   reference ms per example (' + str(args.ref_examples) + ' examples)':58s} "
+        f"{1000 * t_ref:8.2f}"
     )
     print(
-        f"{'3. training step: cached multi-pass / naive K+1 passes':58s} {train_ratio:8.2f} {'<= 1.0':>8s}"
+        f"{'3. training step: cached multi-pass / naive K+1 passes':58s} "
+        f"{train_ratio:8.2f} {'<= 1.0':>8s}"
     )
     print(f"{'   cached ms, naive ms':58s} {1000 * t_fast:8.1f} {1000 * t_naive:8.1f}")
     out = {

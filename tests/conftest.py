@@ -66,7 +66,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost (and thrash a busy 2-core box)."""
+    """Tiny models: intra-op threads only add synchronisation cost (and thrash a busy 2-core
+    box)."""
     import torch
 
     before = torch.get_num_threads()

@@ -78,7 +78,7 @@ def test_coconut_trains_saves_loads(tmp_path):
     back = TrainedModel.load(tmp_path / "m", data.test)
     assert back.method == "coconut" and back.spec.max_latent_steps == 2
     for (k, a), b in zip(
-        tm.spec.feedback.state_dict().items(), back.spec.feedback.state_dict().values()
+        tm.spec.feedback.state_dict().items(), back.spec.feedback.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), k
     again = back.evaluate()
@@ -97,7 +97,8 @@ def test_cli_unknown_keys_are_named(tmp_path, capsys):
 
 
 def test_build_checkpoints_saves_loadable_fp16_models(tmp_path, monkeypatch):
-    """`make checkpoints` path: a (tiny) CoT model saved in fp16, loadable, with its test accuracy."""
+    """`make checkpoints` path: a (tiny) CoT model saved in fp16, loadable, with its test
+    accuracy."""
     import workbench.checkpoints as ck
 
     monkeypatch.setattr(ck, "TRAIN_SIZE", 200)
@@ -110,7 +111,8 @@ def test_build_checkpoints_saves_loadable_fp16_models(tmp_path, monkeypatch):
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "cot" / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+        names = f.keys()  # safe_open has keys() but is not iterable
+        assert {f.get_tensor(k).dtype for k in names} == {torch.float16}
     tm = TrainedModel.load(tmp_path / "cot")
     assert (
         tm.meta["test_accuracy"] == out["cot"]["accuracy"] and tm.meta["data"]["train_size"] == 200
@@ -140,7 +142,9 @@ class _CrashAt:
 def test_coconut_resumes_mid_curriculum_to_the_uninterrupted_weights(tmp_path, crash_at):
     from workbench.train import TrainerCallback
 
-    data = prepare_data("multiplication", train_size=64, val_size=4, test_size=4, seed=0, digits_a=2)
+    data = prepare_data(
+        "multiplication", train_size=64, val_size=4, test_size=4, seed=0, digits_a=2
+    )
     base = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), data.tokenizer, seed=0)
     cc = CoconutConfig(c_thought=1, max_latent_stage=3, steps_per_stage=4, feedback="projected")
 
@@ -157,7 +161,11 @@ def test_coconut_resumes_mid_curriculum_to_the_uninterrupted_weights(tmp_path, c
         run(tmp_path / "run", callbacks=[crash])
     resumed = run(tmp_path / "run", resume=True)
     assert resumed.meta["train_steps"] == ref.meta["train_steps"] == 12
-    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+    for (k, a), b in zip(
+        ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
-    for a, b in zip(ref.spec.feedback.parameters(), resumed.spec.feedback.parameters(), strict=True):
+    for a, b in zip(
+        ref.spec.feedback.parameters(), resumed.spec.feedback.parameters(), strict=True
+    ):
         assert torch.equal(a, b)

@@ -115,7 +115,8 @@ def test_scatter_latents_matches_per_sample_loop(tok, sp):
     z = torch.randn(M, d, requires_grad=True)
     emb = torch.randn(*slots.shape, d)
     out = scatter_latents(emb, slots, z)
-    # reference: per sample, the i-th C of the encoder row goes to the i-th L slot of the decoder row
+    # reference: per sample, the i-th C of the encoder row goes to the i-th L slot of the
+    # decoder row
     ref, m = emb.clone(), 0
     for b in range(slots.shape[0]):
         for t in slots[b].nonzero().flatten().tolist():

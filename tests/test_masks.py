@@ -1,4 +1,5 @@
-"""Tests for workbench.methods.masks: Latent-SFT's 4-D masks and dual-track positions (RESEARCH 1.2)."""
+"""Tests for workbench.methods.masks: Latent-SFT's 4-D masks and dual-track positions
+(RESEARCH 1.2)."""
 
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ def test_unknown_kind_and_missing_specials():
 
 def test_ensure_special_tokens_on_foreign_tokenizer():
     tok = build_char_tokenizer()
-    # a foreign tokenizer: rebuild without our extra specials by removing them from a fresh copy's view
+    # a foreign tokenizer: rebuild without our extra specials by removing them from a fresh
+    # copy's view
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

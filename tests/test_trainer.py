@@ -604,4 +604,4 @@ def test_trains_when_gradients_were_switched_off_globally():
         assert not torch.is_grad_enabled()  # the caller's setting is restored
     finally:
         torch.set_grad_enabled(True)
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -30,9 +30,29 @@ def new_run_dir(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
+def _json_default(value):
+    """numpy / torch scalars and arrays as numbers and lists; anything else as ``str``."""
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalar/array, torch tensor
+        try:
+            return value.tolist()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
 def write_json(path: str | Path, obj) -> Path:
-    """Atomic JSON (non-finite floats become null-safe strings via ``default=str``)."""
-    return atomic_write_json(path, obj, indent=2, default=str)
+    """Atomic JSON: a reader (or a sweep resumed after a kill) never sees a half-written file.
+
+    numpy / torch numbers and arrays are written as JSON numbers and lists, any other object
+    json cannot encode (a Path, a dtype) as its ``str``; NaN and infinity are written as
+    ``NaN`` / ``Infinity``, which Python's and pandas' JSON readers accept.
+    """
+    return atomic_write_json(path, obj, indent=2, default=_json_default)
 
 
 def write_table(path: str | Path, df: pd.DataFrame) -> Path:

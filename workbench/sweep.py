@@ -14,6 +14,13 @@ list in the message. :func:`sweep` then runs the cartesian product of a grid, on
 notebook per point, and gathers every ``metrics.json`` into one tidy :class:`pandas.DataFrame`
 (also written as ``sweep.csv``).
 
+A sweep is resumable: each finished point gets a ``point.json`` (written atomically, last, after
+its executed notebook and metrics) recording the notebook's content hash, the point's parameters
+and the metrics file's hash. Rerunning the same sweep into the same folder skips every point
+whose record still matches and reruns the rest (a point that failed, was killed half-way, or
+ran with another notebook or other parameters). A failing point never stops the others unless
+``stop_on_error`` is set; its one-line error lands in the ``error`` column of ``sweep.csv``.
+
 From the command line (``workbench sweep``)::
 
     workbench sweep notebooks/01_coconut.ipynb -p lr 1e-3,3e-4 -p seed 0 -p seed 1 --out-dir runs/s1
@@ -24,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
+import hashlib
 import io
 import itertools
 import json
@@ -40,15 +49,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.io import atomic_write_text
+from workbench.errors import WorkbenchError
+from workbench.io import atomic_write_json, atomic_write_text, remove_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = [
+    "POINT_FILE",
     "NotebookParameterError",
     "ParamSpec",
     "main",
+    "notebook_hash",
     "read_notebook_parameters",
     "run_notebook",
     "sweep",
@@ -67,9 +79,13 @@ _SCALAR_TYPES: dict[str, type] = {
 }
 #: Columns the sweep table owns; metrics with these names are renamed ``metric_<name>``.
 _RESERVED_COLUMNS = ("run", "notebook", "status", "error", "duration_s")
+POINT_FILE = "point.json"
+"""The record of a finished point, in its folder; written last, so its presence means done."""
+_POINT_FORMAT = 1
+_MAX_ERROR_CHARS = 500
 
 
-class NotebookParameterError(ValueError):
+class NotebookParameterError(WorkbenchError, ValueError):
     """A notebook parameter is unknown, mistyped, or the parameters cell is not literal."""
 
 
@@ -104,10 +120,8 @@ def read_notebook_parameters(nb_path: str | Path) -> dict[str, ParamSpec]:
             not a ``name: type = literal`` assignment, or a default that does not match its
             annotation. The message names the notebook and the line within the cell.
     """
-    import nbformat
-
     nb_path = Path(nb_path)
-    nb = nbformat.read(str(nb_path), as_version=4)
+    nb = _read_notebook(nb_path)
     tagged = [
         (i, cell)
         for i, cell in enumerate(nb.cells)
@@ -131,6 +145,36 @@ def read_notebook_parameters(nb_path: str | Path) -> dict[str, ParamSpec]:
             f"{cell.get('cell_type')} cell; it must be a code cell"
         )
     return _parse_parameters_source(cell.source, f"{nb_path.name} parameters cell")
+
+
+def _read_notebook(nb_path: Path):
+    """The notebook as an nbformat v4 node; an unreadable file is a NotebookParameterError."""
+    import nbformat
+
+    try:
+        return nbformat.read(str(nb_path), as_version=4)
+    except FileNotFoundError:
+        raise NotebookParameterError(f"no such notebook: {nb_path}") from None
+    except Exception as exc:  # nbformat raises NotJSONError, ValidationError, KeyError, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise NotebookParameterError(
+            f"{nb_path}: not a readable Jupyter notebook ({type(exc).__name__}: {first}); "
+            "open and re-save it in JupyterLab, or restore it from git"
+        ) from None
+
+
+def notebook_hash(nb_path: str | Path) -> str:
+    """sha256 of what the notebook computes: each cell's type, tags and source, in order.
+
+    Outputs, execution counts and other metadata are left out, so running or re-saving the
+    notebook does not change it; editing any cell (the parameters cell included) does.
+    """
+    nb = _read_notebook(Path(nb_path))
+    cells = [
+        [cell.get("cell_type"), sorted(cell.get("metadata", {}).get("tags") or []), cell.source]
+        for cell in nb.cells
+    ]
+    return hashlib.sha256(json.dumps(cells, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def _parse_parameters_source(source: str, where: str) -> dict[str, ParamSpec]:
@@ -348,10 +392,10 @@ def _type_label(value: Any) -> str:
 def _unknown_error(name: str, specs: dict[str, ParamSpec], nb_path: Path) -> NotebookParameterError:
     known = list(specs)
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{close[0]}'?" if close else ";"
     return NotebookParameterError(
         f"unknown parameter '{name}' for notebook {nb_path.name}{hint} "
-        f"Known parameters: {', '.join(known) or '(none)'}"
+        f"Known parameters: {', '.join(known) or '(none)'} (see --list-params)"
     )
 
 
@@ -508,12 +552,71 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     )
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _error_text(exc: BaseException) -> str:
+    """One line: the exception type and message (for a failing cell, the cell's own error)."""
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     if ename:
-        return f"{ename}: {evalue}"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+        text = f"{ename}: {evalue}" if evalue else str(ename)
+    else:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    text = " ".join(_ANSI_RE.sub("", text).split())
+    if len(text) > _MAX_ERROR_CHARS:
+        text = text[: _MAX_ERROR_CHARS - 3] + "..."
+    return text
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _jsonable(params: dict[str, Any]) -> Any:
+    """``params`` as they read back from JSON (tuples become lists), for comparing records."""
+    return json.loads(json.dumps(params, sort_keys=True, default=str))
+
+
+def _finished_point(
+    point_dir: Path, out_nb: Path, nb_hash: str, params: dict[str, Any], metrics_file: str
+) -> tuple[dict[str, Any] | None, str]:
+    """``(record, "")`` when the point in ``point_dir`` finished with this notebook and these
+    parameters (its ``point.json`` matches and its files are intact), else ``(None, why not)``."""
+    record_path = point_dir / POINT_FILE
+    if not record_path.is_file():
+        if point_dir.exists() or out_nb.exists():
+            return None, "an earlier run of it did not finish"
+        return None, ""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, f"its {POINT_FILE} is unreadable"
+    if not isinstance(record, dict) or record.get("status") != "ok":
+        return None, f"its {POINT_FILE} does not record a finished point"
+    if record.get("notebook_sha256") != nb_hash:
+        return None, "the notebook changed since it ran"
+    if record.get("parameters") != _jsonable(params) or record.get("metrics_file") != metrics_file:
+        return None, "its parameters changed since it ran"
+    metrics_path = point_dir / metrics_file
+    if not out_nb.is_file() or not metrics_path.is_file():
+        return None, f"its executed notebook or {metrics_file} is missing"
+    if _sha256_file(metrics_path) != record.get("metrics_sha256"):
+        return None, f"its {metrics_file} changed since it ran"
+    return record, ""
+
+
+def _discard_point(point_dir: Path, out_nb: Path) -> None:
+    """Remove what an earlier (unfinished or outdated) run of a point left: record first."""
+    with contextlib.suppress(FileNotFoundError):
+        (point_dir / POINT_FILE).unlink()
+    remove_folder(point_dir)
+    with contextlib.suppress(FileNotFoundError):
+        out_nb.unlink()
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -555,6 +658,14 @@ def sweep(
     encodes the point (``003_lr=0.001_seed=1``). After each point the table so far is written
     atomically to ``<out_dir>/sweep.csv``.
 
+    Resuming: a point that finished is recorded in ``<out_dir>/<run>/point.json`` (notebook
+    content hash, parameters, metrics hash), written atomically after its metrics. Calling
+    ``sweep`` again with the same ``out_dir`` skips every point whose record matches (its
+    metrics are read back, ``status="skipped"``) and reruns the others from scratch: a point
+    that failed or was killed (no record), or whose notebook (see :func:`notebook_hash`) or
+    parameters changed. An outdated point's old folder and executed notebook are deleted first,
+    so nothing stale is ever read as its result.
+
     Args:
         nb_path: The notebook; it must have an ``out_dir: str`` parameter and write
             ``metrics_file`` there (a flat dict, or a list of row dicts: one table row each).
@@ -566,14 +677,21 @@ def sweep(
         kernel_name, cwd, execution_timeout, start_timeout, log_output: as in
             :func:`run_notebook`.
         stop_on_error: Re-raise the first failing point's error (after writing sweep.csv);
-            otherwise record it (``status="error"`` and the message) and go on.
-        verbose: Print one progress line per point.
+            otherwise record it (``status="error"`` and the one-line message) and go on.
+        verbose: Print one progress line per point (and one per skipped point).
 
     Returns:
         One row per point (or per metrics row): ``run``, ``notebook``, the parameter columns,
         the metric columns (nested dicts flattened as ``a/b``; a metric named like a parameter
         or a reserved column becomes ``metric_<name>`` unless it just repeats the parameter),
-        ``status`` (``ok``/``error``), ``error`` and ``duration_s``.
+        ``status`` (``ok``, ``skipped``: finished by an earlier call, or ``error``), ``error``
+        (one line: exception type and message) and ``duration_s`` (for a skipped point, the
+        duration of the run that finished it).
+
+    Raises:
+        NotebookParameterError: bad parameters or notebook, before anything runs.
+        KeyboardInterrupt: passed on; ``sweep.csv`` holds the points finished so far and
+            rerunning resumes at the interrupted point.
     """
     import pandas as pd
 
@@ -603,6 +721,7 @@ def sweep(
         name: [_check(specs, nb_path, {name: v})[name] for v in values]
         for name, values in grid.items()
     }
+    nb_hash = notebook_hash(nb_path)
 
     names = list(grid)
     points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
@@ -618,20 +737,56 @@ def sweep(
         order = ["run", "notebook", *param_cols, *metric_cols, "status", "error", "duration_s"]
         return df.reindex(columns=order)
 
+    def add_rows(
+        base: dict[str, Any],
+        metric_rows: list[dict[str, Any]],
+        status: str,
+        error: str,
+        duration: float,
+    ) -> None:
+        for metrics in metric_rows:
+            row = dict(base)
+            for key, value in metrics.items():
+                if key in base and key in param_cols and _same(base[key], value):
+                    continue  # the notebook echoed its parameter: nothing new
+                if key in base or key in _RESERVED_COLUMNS:
+                    key = f"metric_{key}"
+                row[key] = value
+            row.update(status=status, error=error, duration_s=duration)
+            rows.append(row)
+
     for i, point in enumerate(points):
         run = _run_name(i, width, point)
         point_dir = (out_dir / run).resolve()
-        params = {**fixed, **point, "out_dir": str(point_dir)}
+        out_nb = out_dir / f"{run}.ipynb"
+        point_params = {**fixed, **point}
+        params = {**point_params, "out_dir": str(point_dir)}
         base = {"run": run, "notebook": nb_path.name, **fixed, **point}
+        tag = f"[{i + 1}/{len(points)}] {run}"
+
+        record, why = _finished_point(point_dir, out_nb, nb_hash, point_params, metrics_file)
+        if record is not None:
+            try:
+                metric_rows = _read_metrics(point_dir / metrics_file)
+            except (OSError, ValueError) as exc:
+                record, why = None, f"its {metrics_file} is unreadable ({_error_text(exc)})"
+            else:
+                duration = record.get("duration_s")
+                add_rows(base, metric_rows, "skipped", "", duration)
+                _write_csv_atomic(frame(), csv_path)
+                if verbose:
+                    print(f"{tag}: skipped (finished earlier; see {run}/{POINT_FILE})", flush=True)
+                continue
         if verbose:
-            print(f"[{i + 1}/{len(points)}] {run} ...", flush=True)
+            print(f"{tag} ... (rerun: {why})" if why else f"{tag} ...", flush=True)
+        _discard_point(point_dir, out_nb)
         t0 = time.perf_counter()
         error: BaseException | None = None
-        metric_rows: list[dict[str, Any]] = [{}]
+        metric_rows = [{}]
         try:
             _execute(
                 nb_path,
-                out_dir / f"{run}.ipynb",
+                out_nb,
                 params,
                 cwd=cwd,
                 kernel_name=kernel_name,
@@ -646,28 +801,47 @@ def sweep(
                     f"the notebook ran but wrote no {metrics_file} in its out_dir ({point_dir})"
                 )
             metric_rows = _read_metrics(metrics_path)
+            duration = round(time.perf_counter() - t0, 3)
+            # Written last: its presence (and matching hashes) is what marks the point finished.
+            atomic_write_json(
+                point_dir / POINT_FILE,
+                {
+                    "format_version": _POINT_FORMAT,
+                    "status": "ok",
+                    "run": run,
+                    "notebook": nb_path.name,
+                    "notebook_sha256": nb_hash,
+                    "parameters": _jsonable(point_params),
+                    "metrics_file": metrics_file,
+                    "metrics_sha256": _sha256_file(metrics_path),
+                    "output_notebook": out_nb.name,
+                    "duration_s": duration,
+                    "finished_at": datetime.now().isoformat(timespec="seconds"),
+                },
+                indent=2,
+                sort_keys=True,
+            )
         except Exception as exc:  # a failing point is recorded; KeyboardInterrupt is not caught
             error = exc
+            metric_rows = [{}]
+        except KeyboardInterrupt:
+            if verbose:
+                print(
+                    f"{tag}: interrupted; {csv_path} holds the {i} point(s) before it. Rerun the "
+                    "same sweep with the same out_dir to resume here",
+                    flush=True,
+                )
+            raise
         duration = round(time.perf_counter() - t0, 3)
-        for metrics in metric_rows:
-            row = dict(base)
-            for key, value in metrics.items():
-                if key in base and key in param_cols and _same(base[key], value):
-                    continue  # the notebook echoed its parameter: nothing new
-                if key in base or key in _RESERVED_COLUMNS:
-                    key = f"metric_{key}"
-                row[key] = value
-            row.update(
-                status="ok" if error is None else "error",
-                error="" if error is None else _error_text(error),
-                duration_s=duration,
-            )
-            rows.append(row)
+        error_text = "" if error is None else _error_text(error)
+        add_rows(base, metric_rows, "ok" if error is None else "error", error_text, duration)
         _write_csv_atomic(frame(), csv_path)
         if verbose:
-            state = "ok" if error is None else f"ERROR {_error_text(error)}"
-            print(f"[{i + 1}/{len(points)}] {run}: {state} ({duration:.1f}s)", flush=True)
+            state = "ok" if error is None else f"ERROR {error_text}"
+            print(f"{tag}: {state} ({duration:.1f}s)", flush=True)
         if error is not None and stop_on_error:
+            with contextlib.suppress(AttributeError):  # main() names the point
+                error._workbench_sweep_run = run  # type: ignore[attr-defined]
             raise error
     return frame()
 
@@ -857,16 +1031,22 @@ def _params_table(specs: dict[str, ParamSpec]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``workbench sweep NOTEBOOK -p NAME VALUE ... --out-dir DIR``; returns the exit status.
 
-    0: every point ran; 1: some point failed (see the table); 2: bad arguments or parameters
-    (nothing was run).
+    0: every point ran (or had finished in an earlier call: skipped); 1: some point failed (see
+    the table, or with ``--stop-on-error`` the one-line error); 2: bad arguments, parameters or
+    notebook (nothing was run), or an out-dir that cannot be written; 130: interrupted (rerun
+    the same command to resume). Nothing ends in a traceback but a bug in the workbench.
     """
     import pandas as pd
 
     args = _build_parser().parse_args(argv)
     nb_path: Path = args.notebook
     if not nb_path.is_file():
-        print(f"workbench sweep: error: no such notebook: {nb_path}", file=sys.stderr)
+        print(
+            f"workbench sweep: error: no such notebook: {nb_path}; pass the path of an .ipynb file",
+            file=sys.stderr,
+        )
         return 2
+    out_dir = args.out_dir
     try:
         specs = read_notebook_parameters(nb_path)
         if args.list_params:
@@ -892,8 +1072,40 @@ def main(argv: list[str] | None = None) -> int:
             stop_on_error=args.stop_on_error,
         )
     except NotebookParameterError as exc:
-        print(f"workbench sweep: error: {exc}", file=sys.stderr)
+        print(f"workbench sweep: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if out_dir is None:
+            print("workbench sweep: interrupted before any point ran", file=sys.stderr)
+        else:
+            again = (
+                "rerun the same command"
+                if args.out_dir is not None
+                else f"rerun it with --out-dir {out_dir}"
+            )
+            print(
+                f"workbench sweep: interrupted; the finished points are kept in {out_dir}: "
+                f"{again} to resume (they are skipped)",
+                file=sys.stderr,
+            )
+        return 130
+    except Exception as exc:
+        run = getattr(exc, "_workbench_sweep_run", None)
+        if run is not None:  # --stop-on-error: the first failing point's own error
+            print(
+                f"workbench sweep: error: point {run} failed ({_error_text(exc)}); stopped "
+                f"(--stop-on-error); see {out_dir / f'{run}.ipynb'} and {out_dir / 'sweep.csv'}",
+                file=sys.stderr,
+            )
+            return 1
+        if isinstance(exc, OSError) and out_dir is not None:  # e.g. out-dir not writable
+            print(
+                f"workbench sweep: error: cannot write the sweep to {out_dir} ({_error_text(exc)});"
+                " pass an --out-dir you can write to",
+                file=sys.stderr,
+            )
+            return 2
+        raise
     shown = df.drop(columns=["notebook"])
     if not (shown["error"].astype(str) != "").any():
         shown = shown.drop(columns=["error"])
@@ -902,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(shown.to_string(index=False))
     print(f"\nwrote {out_dir / 'sweep.csv'}")
-    return 0 if (df["status"] == "ok").all() else 1
+    return 0 if df["status"].isin(["ok", "skipped"]).all() else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,16 @@ Every latent method differs mainly here (RESEARCH Part A section 6, "LatentLoop"
 * ``gumbel``: LEPO / Latent-SFT's perturbed teachers; Gumbel noise on the top-k logits before the
   softmax at temperature ``tau_g`` (RESEARCH Part B 2(b), Part A 1.3). Probabilities stay fp32
   (LEPO casts them to bf16: RESEARCH Part B 2(d).5).
+* ``learned_constant`` (:class:`PauseFeedback`): pause tokens; one learned vector at every latent
+  slot, whatever the hidden state. The control that tells whether the fed state carries
+  information (RESEARCH Part A 7, item 3; Coconut's "pause as thought", Part A 2.3).
+
+Inference-only ablation rules (RESEARCH Part A 7: "check by zeroing or swapping them at
+inference"), used by :mod:`workbench.eval.ablations` and not registered (nothing to save):
+:class:`ZeroFeedback` feeds zeros, :class:`ConstantFeedback` one given vector,
+:class:`ReplayFeedback` a recorded embedding per sample and step (e.g. another example's
+latents). The engine calls :meth:`FeedbackRule.reset` before a run's first latent step and then
+the rule once per step ``t = 0, 1, ...``; a rule that needs ``t`` counts its own calls.
 
 A rule is an ``nn.Module`` taking the hidden state and logits of the position before the latent
 slot and returning the embedding plus, for vocabulary rules, the top-k weights actually fed.
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from workbench.config import ConfigError, check_that
 from workbench.engine.rules import Rule, build_rule, check_float, check_int
 
 
@@ -53,6 +64,9 @@ class FeedbackRule(Rule):
     name = "base"
     needs_logits = False
     stochastic = False
+
+    def reset(self, batch_size: int, device) -> None:
+        """Called by the engine before a run's first latent step; stateless rules ignore it."""
 
     def forward(self, hidden, logits, embedding, generator=None) -> Feedback:  # pragma: no cover
         raise NotImplementedError
@@ -194,15 +208,138 @@ class GumbelFeedback(FeedbackRule):
         return f"gumbel(k={self.top_k}, tau_g={self.gumbel_tau})"
 
 
+class PauseFeedback(FeedbackRule):
+    """Pause tokens: one learned vector ``[d_model]`` fed at every latent slot.
+
+    Ignores the hidden state, so a model trained with it under Coconut's curriculum gets the
+    extra positions but no information through them (RESEARCH Part A 7: a third-party "pause as
+    thought" came within 0.4 points of Coconut on ProsQA; Part A 2.3). The vector starts as
+    ``init_std * N(0, 1)`` drawn from its own generator seeded with ``seed`` (``init_std = 0``:
+    zeros), so the init is deterministic and leaves the global RNG alone; it trains with the
+    model and saves in ``spec.safetensors`` as ``feedback.vector``.
+    """
+
+    name = "learned_constant"
+
+    def __init__(self, d_model: int, init_std: float = 0.02, seed: int = 0):
+        super().__init__()
+        self.d_model, self.init_std, self.seed = d_model, init_std, seed
+        check_int(self, "d_model", ge=1)
+        check_float(self, "init_std", ge=0.0)
+        check_int(self, "seed", ge=0)
+        g = torch.Generator().manual_seed(self.seed)
+        self.vector = nn.Parameter(torch.randn(self.d_model, generator=g) * self.init_std)
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        return Feedback(self.vector.to(hidden.device).expand(hidden.shape[0], -1))
+
+    def config(self) -> dict:
+        return {"d_model": self.d_model, "init_std": self.init_std, "seed": self.seed}
+
+    def describe(self) -> str:
+        return "pause-vector"
+
+
+# ----- inference-only ablations (not registered: they hold nothing worth saving) -------------
+
+
+class ZeroFeedback(FeedbackRule):
+    """Ablation: feed zeros at every latent slot (RESEARCH Part A 7, "zeroing")."""
+
+    name = "zero"
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        return Feedback(torch.zeros_like(hidden))
+
+
+def _unsaveable(rule: FeedbackRule) -> ConfigError:
+    return ConfigError(
+        f"{type(rule).__name__} holds tensors of one run: it is an inference-only ablation "
+        "and cannot be saved in a spec"
+    )
+
+
+class ConstantFeedback(FeedbackRule):
+    """Ablation: feed one given vector ``[d]`` at every latent slot (e.g. the ``<latent>``
+    token's input embedding). Holds a tensor, so it has no :meth:`config`."""
+
+    name = "constant"
+
+    def __init__(self, vector: torch.Tensor):
+        super().__init__()
+        self.vector = vector
+        ok = isinstance(vector, torch.Tensor) and vector.ndim == 1
+        check_that(self, "vector", ok, "a tensor [d]")
+        self.vector = vector.detach()
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        v = self.vector.to(device=hidden.device, dtype=hidden.dtype)
+        return Feedback(v.expand(hidden.shape[0], -1))
+
+    def config(self) -> dict:
+        raise _unsaveable(self)
+
+
+class ReplayFeedback(FeedbackRule):
+    """Ablation: at step ``t`` feed row ``b`` the recorded embedding ``embeds[b, t]``.
+
+    ``embeds`` is ``[B, S, d]`` in the batch's row order, e.g. a run's ``trace.embeds`` (itself:
+    the run is reproduced exactly; rolled by one along the batch: every example gets another
+    example's latents). The step is the number of calls since :meth:`reset`, which the engine
+    calls before each run. Holds a tensor, so it has no :meth:`config`.
+    """
+
+    name = "replay"
+
+    def __init__(self, embeds: torch.Tensor):
+        super().__init__()
+        self.embeds = embeds
+        ok = isinstance(embeds, torch.Tensor) and embeds.ndim == 3
+        check_that(self, "embeds", ok, "a tensor [B, S, d]")
+        self.embeds = embeds.detach()
+        self.t = 0
+
+    def reset(self, batch_size: int, device) -> None:
+        if batch_size != self.embeds.shape[0]:
+            raise ValueError(
+                f"ReplayFeedback holds embeddings of {self.embeds.shape[0]} samples, the run has "
+                f"{batch_size}"
+            )
+        self.t = 0
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        B, S, _ = self.embeds.shape
+        if hidden.shape[0] != B:
+            raise ValueError(f"ReplayFeedback holds {B} samples, got a batch of {hidden.shape[0]}")
+        if self.t >= S:
+            raise ValueError(
+                f"ReplayFeedback holds {S} steps; the run asked for step {self.t} "
+                "(give it a stop rule with no more latents than were recorded)"
+            )
+        e = self.embeds[:, self.t].to(device=hidden.device, dtype=hidden.dtype)
+        self.t += 1
+        return Feedback(e)
+
+    def config(self) -> dict:
+        raise _unsaveable(self)
+
+
 FEEDBACK_RULES: dict[str, type[FeedbackRule]] = {
     cls.name: cls
-    for cls in (HiddenFeedback, ProjectedFeedback, SuperpositionFeedback, GumbelFeedback)
+    for cls in (
+        HiddenFeedback,
+        ProjectedFeedback,
+        SuperpositionFeedback,
+        GumbelFeedback,
+        PauseFeedback,
+    )
 }
 """Feedback rules by ``name``: ``FEEDBACK_RULES[r.name].from_config(r.config())`` rebuilds ``r``."""
 
 
 def make_feedback(name: str, **config) -> FeedbackRule:
-    """Build a registered rule by name from its config (``projected`` needs ``d_model``).
+    """Build a registered rule by name from its config (``projected`` and ``learned_constant``
+    need ``d_model``).
 
     Unknown names, unknown or missing keys and values out of range are a
     :class:`~workbench.config.ConfigError` naming them.

@@ -169,6 +169,7 @@ def run_latent(
         k: [] for k in ("ids", "probs", "ent", "stop", "fed", "emb", "wid", "wp", "hs", "logits")
     }
     stop.reset(B, dev)
+    feedback.reset(B, dev)  # rules that replay recorded steps count their calls from here
     for t in range(max_latent_steps + 1):
         logits = head(h).float()
         ent, ids, probs = entropy_and_topk(logits, top_k)

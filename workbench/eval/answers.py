@@ -18,7 +18,8 @@ _FALLBACKS = (
 
 
 def normalize_answer(text: str) -> str:
-    """Compare answers up to whitespace: collapse runs, drop spaces inside digit runs and before punctuation."""
+    """Compare answers up to whitespace: collapse runs, drop spaces inside digit runs and
+    before punctuation."""
     text = " ".join(text.split())
     text = re.sub(r"(?<=\d) (?=\d)", "", text)
     text = re.sub(r" (?=[.,;:!?])", "", text)

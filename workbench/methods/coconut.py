@@ -46,6 +46,7 @@ from workbench.methods.base import (
 )
 
 NAME = "coconut"
+STEP_DECODERS = ("none", "small", "copy")
 
 
 @dataclass
@@ -70,8 +71,19 @@ class CoconutConfig:
     """Chance of training an example at a random other stage (reference: 0; 0.05 for analyses)."""
     feedback: str = "hidden"
     """Engine feedback rule: ``hidden`` is Coconut; ``projected``/``superposition``: ablations."""
+    latent_ce_weight: float = 0.0
+    """Step supervision through the LM head (LOTUS / CoT2, RESEARCH Part A 7): weight of the
+    mean NLL, read at latent ``j``'s position, of the tokens of the step it replaced
+    (``j // c``). 0 is plain Coconut."""
+    step_decoder: str = "none"
+    """Step supervision by an auxiliary decoder (SIM-CoT, RESEARCH Part A 7): ``small`` (a fresh
+    1-layer model of the same width) or ``copy`` (a copy of the starting model) reads a step's
+    ``c`` fed latents as a prefix and is trained to write that step's text; dropped at
+    inference. ``none`` disables it."""
+    step_decoder_weight: float = 1.0
+    """Weight of the step decoder's CE (used when ``step_decoder`` is not ``none``)."""
     seed: int = 0
-    """Seed of the stage-mixing draws."""
+    """Seed of the stage-mixing draws and of new modules' init."""
 
     def __post_init__(self) -> None:
         check_range(self, "c_thought", ge=1)
@@ -81,6 +93,14 @@ class CoconutConfig:
         check_range(self, "final_stage_steps", ge=0, allow_none=True)
         check_range(self, "uniform_prob", ge=0.0, le=1.0)
         check_choice(self, "feedback", FEEDBACK_RULES)
+        check_range(self, "latent_ce_weight", ge=0.0)
+        check_choice(self, "step_decoder", STEP_DECODERS)
+        check_range(self, "step_decoder_weight", ge=0.0)
+
+    @property
+    def step_supervised(self) -> bool:
+        """Whether any loss reads the replaced steps' text."""
+        return self.latent_ce_weight > 0 or self.step_decoder != "none"
 
     @property
     def n_latent(self) -> int:
@@ -120,27 +140,143 @@ class CoconutCollator:
         self.rng = random.Random(cfg.seed)
 
     def __call__(self, items: list[TokenizedExample]) -> dict[str, torch.Tensor]:
-        seqs = []
+        seqs, replaced = [], []
         for t in items:
             stage = self.stage
             if self.cfg.uniform_prob and self.rng.random() < self.cfg.uniform_prob:
                 stage = self.rng.randint(0, self.cfg.max_latent_stage)
             n, first = stage_layout(t, stage, self.cfg)
             seqs.append(build_sequence(t, self.sp, n_latent=n, first_step=first))
-        return collate(seqs, self.sp.pad)
+            replaced.append(t.steps[:first])
+        batch = collate(seqs, self.sp.pad)
+        if self.cfg.step_supervised:
+            batch.update(replaced_steps(replaced, self.sp.pad))
+        return batch
+
+
+def replaced_steps(steps: list[list[list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Per sample, the token ids of the steps its latents replaced, padded to one tensor.
+
+    ``step_ids`` [B, S, L] (``pad_id`` fill) and ``step_len`` [B, S] (0: no such step).
+    """
+    B = len(steps)
+    S = max((len(s) for s in steps), default=0)
+    L = max((len(x) for s in steps for x in s), default=0)
+    ids = torch.full((B, max(S, 1), max(L, 1)), pad_id, dtype=torch.long)
+    lens = torch.zeros((B, max(S, 1)), dtype=torch.long)
+    for b, sample in enumerate(steps):
+        for j, step in enumerate(sample):
+            ids[b, j, : len(step)] = torch.tensor(step, dtype=torch.long)
+            lens[b, j] = len(step)
+    return {"step_ids": ids, "step_len": lens}
 
 
 class CoconutLoss:
-    """``loss_fn`` for the trainer: multi-pass latent forward + shifted CE."""
+    """``loss_fn`` for the trainer: multi-pass latent forward + shifted CE (+ step supervision).
 
-    def __init__(self, feedback: FeedbackRule):
-        self.feedback = feedback
+    With step supervision the metrics log each part: ``loss_lm`` (the answer/remaining-steps
+    CE), ``loss_latent`` (the LM head at each latent vs its step's tokens) and
+    ``loss_decoder`` (the step decoder's CE).
+    """
+
+    def __init__(self, feedback: FeedbackRule, cfg: CoconutConfig | None = None, decoder=None):
+        self.feedback, self.cfg, self.decoder = feedback, cfg or CoconutConfig(), decoder
 
     def __call__(self, model, batch):
         lm = model.lm if hasattr(model, "lm") else model
         out = latent_forward(lm, batch, self.feedback)
         loss = shifted_ce(out.logits, batch["labels"])
-        return loss, {"latents": float(batch["n_latent"].float().mean())}
+        metrics = {"latents": float(batch["n_latent"].float().mean())}
+        if "step_ids" not in batch or out.latent_embeds is None:
+            return loss, metrics
+        metrics["loss_lm"] = float(loss.detach())
+        cfg = self.cfg
+        if cfg.latent_ce_weight > 0:
+            part = latent_step_nll(out.logits, batch, cfg.c_thought)
+            metrics["loss_latent"] = float(part.detach())
+            loss = loss + cfg.latent_ce_weight * part
+        if self.decoder is not None:
+            part = step_decoder_nll(self.decoder, out.latent_embeds, batch, cfg.c_thought)
+            metrics["loss_decoder"] = float(part.detach())
+            loss = loss + cfg.step_decoder_weight * part
+        return loss, metrics
+
+
+def _latent_targets(batch, c: int):
+    """For each latent column ``j``: its step's ids [B, n, L] and a validity mask [B, n, L]."""
+    n = int(batch["n_latent"].max())
+    step_of = torch.arange(n) // c  # [n]
+    ids, lens = batch["step_ids"], batch["step_len"]
+    S = ids.shape[1]
+    valid_step = step_of < S
+    idx = step_of.clamp(max=S - 1)
+    tgt = ids[:, idx]  # [B, n, L]
+    tlen = lens[:, idx] * valid_step  # [B, n]
+    has_latent = torch.arange(n)[None, :] < batch["n_latent"][:, None]  # [B, n]
+    tok_mask = torch.arange(ids.shape[2])[None, None, :] < (tlen * has_latent)[:, :, None]
+    return tgt, tok_mask
+
+
+def latent_step_nll(logits: torch.Tensor, batch: dict, c: int) -> torch.Tensor:
+    """Mean NLL, under the LM head at latent ``j``'s position, of the tokens of step ``j // c``
+    (a bag of tokens: the latent stands for the whole step, not one position of it)."""
+    n = int(batch["n_latent"].max())
+    c0 = int(batch["latent_start"])
+    logp = torch.log_softmax(logits[:, c0 : c0 + n].float(), dim=-1)  # [B, n, V]
+    tgt, tok_mask = _latent_targets(batch, c)
+    nll = -logp.gather(-1, tgt.to(logp.device))  # [B, n, L]
+    m = tok_mask.to(nll.device)
+    return (nll * m).sum() / m.sum().clamp(min=1)
+
+
+def step_decoder_nll(decoder, latent_embeds: torch.Tensor, batch: dict, c: int) -> torch.Tensor:
+    """CE of ``decoder`` writing each replaced step from that step's ``c`` fed latents.
+
+    One batched teacher-forced pass over every (sample, step) pair: inputs are
+    ``[z_1..z_c, step tokens]`` (``inputs_embeds``), labels the step tokens.
+    """
+    ids, lens = batch["step_ids"], batch["step_len"]
+    B, S, L = ids.shape
+    n = latent_embeds.shape[1]
+    n_steps = min(S, n // c)
+    if n_steps == 0:
+        return latent_embeds.sum() * 0.0
+    has = (torch.arange(n_steps)[None, :] * c + c <= batch["n_latent"][:, None]) & (
+        lens[:, :n_steps] > 0
+    )
+    if not bool(has.any()):
+        return latent_embeds.sum() * 0.0
+    z = latent_embeds[:, : n_steps * c].reshape(B, n_steps, c, -1)[has]  # [P, c, d]
+    tok = ids[:, :n_steps][has].to(z.device)  # [P, L]
+    tl = lens[:, :n_steps][has].to(z.device)  # [P]
+    emb = decoder.get_input_embeddings()
+    x = torch.cat([z.to(emb.weight.dtype), emb(tok)], 1)  # [P, c + L, d]
+    mask = torch.cat(
+        [torch.ones(len(tok), c, dtype=torch.long, device=z.device),
+         (torch.arange(L, device=z.device)[None] < tl[:, None]).long()], 1
+    )  # fmt: skip
+    logits = decoder(inputs_embeds=x, attention_mask=mask).logits
+    pred = logits[:, c - 1 : c - 1 + L].float()  # position c-1+i predicts token i
+    labels = tok.masked_fill(mask[:, c:] == 0, -100)
+    return torch.nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+
+
+def make_step_decoder(cfg: CoconutConfig, model, tokenizer, seed: int = 0):
+    """The auxiliary step decoder of ``cfg.step_decoder`` (``None`` for ``none``)."""
+    import copy
+
+    from workbench.models.build import ModelConfig, build_model
+
+    if cfg.step_decoder == "none":
+        return None
+    if cfg.step_decoder == "copy":
+        return copy.deepcopy(model)
+    d = model.config.hidden_size
+    heads = next(h for h in (4, 2, 1) if d % h == 0)
+    small = ModelConfig(n_layer=1, d_model=d, n_head=heads, max_positions=256)
+    return build_model(small, tokenizer, seed=seed)
 
 
 def train(
@@ -174,10 +310,12 @@ def train(
     cc = config or CoconutConfig(seed=seed)
     tok = data.tokenizer
     model = starting_model(base, tok, model_config, seed)
-    with torch.random.fork_rng():  # the rule's init follows the seed, not the global RNG
+    check_fits(cc, data, model)
+    with torch.random.fork_rng():  # new modules' init follows the seed, not the global RNG
         torch.manual_seed(seed)
         feedback = cc.make_feedback(model.config.hidden_size)
-    net = trainable_net(model, feedback)
+        decoder = make_step_decoder(cc, model, tok, seed)
+    net = trainable_net(model, feedback, decoder)
     collator = CoconutCollator(tok, cc, stage=0 if cc.cot_steps else 1)
     cfg = train_config or default_train_config(seed=seed, lr=5e-4, warmup_steps=20)
     eval_fn = None
@@ -193,7 +331,7 @@ def train(
         tokenize_examples(data.train, tok),
         collator,
         replace(cfg, max_steps=stages[0][1]),
-        loss_fn=CoconutLoss(feedback),
+        loss_fn=CoconutLoss(feedback, cc, decoder),
         eval_fn=eval_fn,
         callbacks=callbacks,
     )
@@ -227,6 +365,31 @@ def train(
     }
     spec = cc.inference_spec(feedback)
     return TrainedModel(NAME, model, tok, spec, hist, data.task, data.test, meta)
+
+
+def check_fits(cc: CoconutConfig, data, model) -> None:
+    """Refuse, naming the field, a config that cannot work on ``data`` with ``model``."""
+    from workbench.config import ConfigError
+
+    limit = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
+    texs = tokenize_examples(data.train[:256] + data.test[:256], data.tokenizer)
+    if limit is not None and texs:
+        longest = max(len(t.question) + 1 + len(t.reasoning()) + len(t.answer) + 2 for t in texs)
+        if longest + cc.n_latent > limit:
+            raise ConfigError(
+                f"CoconutConfig.max_latent_stage = {cc.max_latent_stage} with c_thought = "
+                f"{cc.c_thought}: {cc.n_latent} latents plus the longest sequence ({longest}) "
+                f"exceed the model's {limit} positions; use fewer latents or a larger "
+                "ModelConfig.max_positions"
+            )
+    if cc.step_supervised and texs and not any(t.steps for t in texs):
+        field = "latent_ce_weight" if cc.latent_ce_weight > 0 else "step_decoder"
+        raise ConfigError(
+            f"CoconutConfig.{field}: step supervision needs examples with steps, but "
+            f"{data.task!r} has none; set latent_ce_weight=0 and step_decoder='none'"
+        )
 
 
 def alignment(meta: dict) -> Alignment:

@@ -26,7 +26,8 @@ The pipeline, each part with its RESEARCH section:
   ``inputs_embeds`` under plain causal attention; ``z~_i = alpha~_i @ E[ids_i]`` is rebuilt from
   the cached labels with the *current* ``E``, ``alpha~`` = Gumbel-perturbed teacher with
   rejection while its top-1 is ``<eot>`` (:func:`perturb_soft_labels`). Loss
-  ``ce_weight * CE(<eot>, answer, <eos>) + kl_weight * (1/B) sum_b mean_i KL(alpha~_{b,i} || softmax(l_{b, s+i-1}))``
+  ``ce_weight * CE(<eot>, answer, <eos>) +
+  kl_weight * (1/B) sum_b mean_i KL(alpha~_{b,i} || softmax(l_{b, s+i-1}))``
   with the KL on the teacher's top-k support against the full-vocabulary student log-softmax;
   ``l_{s+i-1}`` is the logit at the position preceding slot ``i`` (the ``<bot>`` position predicts
   ``z_1``; the last latent's position is trained by CE to predict ``<eot>``) (:class:`Stage2Loss`).
@@ -88,15 +89,6 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workbench.config import check_choice, check_range, check_that
-from workbench.data.tokenizer import SpecialIds, special_ids
-from workbench.engine.feedback import Feedback, SuperpositionFeedback, gumbel_noise, superpose
-from workbench.engine.forward import shifted_ce
-from workbench.engine.spec import LatentSpec
-from workbench.engine.stop import ArgmaxToken
-from workbench.eval.evaluator import EvalResult, evaluate
-from workbench.lens.alignment import Alignment
-from workbench.lens.alignment import split_segments as split_segments  # the one implementation
-from workbench.methods.base import MethodRecord
 from workbench.data.layout import (
     IGNORE,
     TokenizedExample,
@@ -105,6 +97,16 @@ from workbench.data.layout import (
     prompt_ids,
     tokenize_examples,
 )
+from workbench.data.tokenizer import SpecialIds, special_ids
+from workbench.engine.feedback import Feedback, SuperpositionFeedback, gumbel_noise, superpose
+from workbench.engine.forward import shifted_ce
+from workbench.engine.spec import LatentSpec
+from workbench.engine.stop import ArgmaxToken
+from workbench.eval.evaluator import EvalResult, evaluate
+from workbench.io import atomic_write_json
+from workbench.lens.alignment import Alignment
+from workbench.lens.alignment import split_segments as split_segments  # the one implementation
+from workbench.methods.base import MethodRecord
 from workbench.methods.masks import (
     LATENT,
     PAD,
@@ -152,7 +154,8 @@ class LatentSFTConfig:
     GSM8k scripts use r=2 on ~25-token CoTs, Math r=16 on long ones). ``>= 1``."""
 
     top_k: int = 10
-    """Support of every superposition, stage 1, stage 2 and inference (v2 ``topk_interpolation``). ``>= 1``."""
+    """Support of every superposition, stage 1, stage 2 and inference (v2
+    ``topk_interpolation``). ``>= 1``."""
 
     temperature: float = 1.0
     """Softmax temperature inside the top-k (tau; never changed in the reference). ``> 0``."""
@@ -210,13 +213,15 @@ class LatentSFTConfig:
     """``tau_g``: temperature of the perturbed softmax. ``> 0``."""
 
     gumbel_max_rejections: int = 100
-    """Resample a perturbed teacher at most this many times while its top-1 is ``<eot>``. ``>= 0``."""
+    """Resample a perturbed teacher at most this many times while its top-1 is ``<eot>``.
+    ``>= 0``."""
 
     kl_weight: float = 1.0
     """Weight of the stage-2 top-k KL term. ``>= 0``."""
 
     ce_weight: float = 1.0
-    """Weight of the stage-2 CE on ``<eot>``, answer and ``<eos>``. ``>= 0`` (not both weights 0)."""
+    """Weight of the stage-2 CE on ``<eot>``, answer and ``<eos>``. ``>= 0`` (not both weights
+    0)."""
 
     max_latent_steps: int = 16
     """Inference cap on latents per example (the model normally stops itself with ``<eot>``;
@@ -381,9 +386,10 @@ class Stage1Collator:
 def stage1_batch(
     items: list[TokenizedExample], sp: SpecialIds, segments: list[list[list[int]]]
 ) -> dict[str, torch.Tensor]:
-    """Stage-1 batch of ``items`` with the given per-example segments (see :class:`Stage1Collator`)."""
-    enc = [encoder_sequence(t, sp, s) for t, s in zip(items, segments)]
-    dec = [decoder_sequence(t, sp, s) for t, s in zip(items, segments)]
+    """Stage-1 batch of ``items`` with the given per-example segments (see
+    :class:`Stage1Collator`)."""
+    enc = [encoder_sequence(t, sp, s) for t, s in zip(items, segments, strict=False)]
+    dec = [decoder_sequence(t, sp, s) for t, s in zip(items, segments, strict=False)]
     return {
         "enc_input_ids": _pad(enc, sp.pad),
         "enc_attention_mask": _mask(enc),
@@ -432,8 +438,9 @@ def encoder_latents(
 
 
 def scatter_latents(embeds: torch.Tensor, slots: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``embeds`` [B, T, d] with row ``m`` of ``z`` [M, d] written into the m-th True of ``slots`` [B, T]
-    (sample-major, then position: the order of ``h[is_c]`` in the encoder), differentiable in both."""
+    """``embeds`` [B, T, d] with row ``m`` of ``z`` [M, d] written into the m-th True of
+    ``slots`` [B, T] (sample-major, then position: the order of ``h[is_c]`` in the encoder),
+    differentiable in both."""
     if int(slots.sum()) != z.shape[0]:
         raise ValueError(
             f"{z.shape[0]} latents for {int(slots.sum())} decoder slots: the encoder and decoder "
@@ -495,7 +502,8 @@ class LatentSFTStage1(nn.Module):
             )
 
     def decoder_logits(self, batch: dict, z: torch.Tensor) -> torch.Tensor:
-        """Decoder logits [B, T, V] with ``z`` [M, d] scattered into the ``L`` slots (batch order)."""
+        """Decoder logits [B, T, V] with ``z`` [M, d] scattered into the ``L`` slots (batch
+        order)."""
         role = batch["role"]
         emb = self.decoder.get_input_embeddings()(batch["input_ids"])
         x = scatter_latents(emb, role == LATENT, z)
@@ -552,7 +560,8 @@ def stage1_teacher_forced_metrics(
         )
         ce_sum += float(ce)
         n_tok += int(valid.sum())
-        # answer span: TAIL labels after <eot> (targets at positions whose role is TAIL, excluding <eot> itself)
+        # answer span: TAIL labels after <eot> (targets at positions whose role is TAIL,
+        # excluding <eot> itself)
         role = batch["role"][:, 1:]
         ans = (role == TAIL) & valid & (labels != sp.eot)
         ok = (lg.argmax(-1) == labels) | ~ans
@@ -595,7 +604,8 @@ class SoftLabelCacheMismatch(ValueError):
 
 
 def examples_fingerprint(texs: list[TokenizedExample]) -> str:
-    """SHA-1 of the token ids of every example (question, steps, answer), to tie a cache to its data."""
+    """SHA-1 of the token ids of every example (question, steps, answer), to tie a cache to its
+    data."""
     h = hashlib.sha1()
     for t in texs:
         h.update(json.dumps([t.question, t.steps, t.answer, t.sep]).encode())
@@ -603,7 +613,8 @@ def examples_fingerprint(texs: list[TokenizedExample]) -> str:
 
 
 def soft_label_meta(config: LatentSFTConfig, vocab_size: int, texs: list[TokenizedExample]) -> dict:
-    """The meta a cache for ``texs`` under ``config`` must carry (the keys :func:`load_soft_labels` checks)."""
+    """The meta a cache for ``texs`` under ``config`` must carry (the keys
+    :func:`load_soft_labels` checks)."""
     return {
         "format": SOFT_LABEL_FORMAT,
         "version": SOFT_LABEL_VERSION,
@@ -647,7 +658,7 @@ def encode_examples(
     out: list[Feedback] = []
     for s in range(0, len(texs), batch_size):
         items, segs = texs[s : s + batch_size], segments[s : s + batch_size]
-        enc = [encoder_sequence(t, sp, g) for t, g in zip(items, segs)]
+        enc = [encoder_sequence(t, sp, g) for t, g in zip(items, segs, strict=True)]
         fb = encoder_latents(
             encoder,
             embedding,
@@ -700,14 +711,6 @@ def build_soft_labels(
     return SoftLabels(ids.long(), probs.float(), offsets.long(), meta)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -742,15 +745,17 @@ def save_soft_labels(labels: SoftLabels, path: str | os.PathLike) -> Path:
 
 
 def load_soft_labels(path: str | os.PathLike, expected: dict | None = None) -> SoftLabels:
-    """Load a cache written by :func:`save_soft_labels`; with ``expected`` (see :func:`soft_label_meta`)
-    raise :class:`SoftLabelCacheMismatch` naming every key that differs."""
+    """Load a cache written by :func:`save_soft_labels`; with ``expected`` (see
+    :func:`soft_label_meta`) raise :class:`SoftLabelCacheMismatch` naming every key that
+    differs."""
     from safetensors.torch import load_file
 
     folder = Path(path)
     meta_file, tensor_file = folder / SOFT_LABEL_META, folder / SOFT_LABEL_TENSORS
     if not meta_file.is_file() or not tensor_file.is_file():
         raise FileNotFoundError(
-            f"{folder} holds no complete soft-label cache ({SOFT_LABEL_META} + {SOFT_LABEL_TENSORS})"
+            f"{folder} holds no complete soft-label cache "
+            f"({SOFT_LABEL_META} + {SOFT_LABEL_TENSORS})"
         )
     with open(meta_file) as f:
         meta = json.load(f)
@@ -771,8 +776,9 @@ def load_soft_labels(path: str | os.PathLike, expected: dict | None = None) -> S
         ]
         if diffs:
             raise SoftLabelCacheMismatch(
-                f"soft-label cache {folder} does not fit this run ({'; '.join(diffs)}). It was built for other "
-                "examples, tokenizer or Latent-SFT config: delete the folder or point to a fresh one to rebuild it."
+                f"soft-label cache {folder} does not fit this run ({'; '.join(diffs)}). "
+                "It was built for other examples, tokenizer or Latent-SFT config: "
+                "delete the folder or point to a fresh one to rebuild it."
             )
     t = load_file(str(tensor_file))
     labels = SoftLabels(t["ids"].long(), t["probs"].float(), t["offsets"].long(), meta)
@@ -803,7 +809,8 @@ def perturb_soft_labels(
     valid: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Gumbel-perturbed teachers ``softmax((log(alpha + 1e-10) + clamp(s g, lo, hi)) / tau_g)`` (RESEARCH 1.3).
+    """Gumbel-perturbed teachers ``softmax((log(alpha + 1e-10) + clamp(s g, lo, hi)) / tau_g)``
+    (RESEARCH 1.3).
 
     ``probs``/``ids`` [..., k]. Latents whose perturbed top-1 id is ``reject_id`` are redrawn
     (only those, vectorised) up to ``max_rejections`` times; any still rejected fall back to the
@@ -849,8 +856,9 @@ class Stage2Item:
 
 
 class Stage2Collator:
-    """``collate_fn`` of stage 2: the shared layout with N latent slots (``build_sequence``, ``<bot>``
-    aligned) plus ``soft_ids``/``soft_probs`` [B, Nmax, k] and ``soft_valid`` [B, Nmax]."""
+    """``collate_fn`` of stage 2: the shared layout with N latent slots (``build_sequence``,
+    ``<bot>`` aligned) plus ``soft_ids``/``soft_probs`` [B, Nmax, k] and ``soft_valid``
+    [B, Nmax]."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.sp = special_ids(tokenizer)
@@ -953,7 +961,8 @@ def latent_sft_spec(
     tokenizer: PreTrainedTokenizerBase, config: LatentSFTConfig | None = None
 ) -> LatentSpec:
     """Inference of a stage-2 model (RESEARCH 1.4): top-k superposition of the LM-head logits fed
-    back, stop when ``argmax == <eot>``, at most ``max_latent_steps``, then ``<eot>`` and the answer."""
+    back, stop when ``argmax == <eot>``, at most ``max_latent_steps``, then ``<eot>`` and the
+    answer."""
     config = config or LatentSFTConfig()
     sp = special_ids(tokenizer)
     return LatentSpec(
@@ -990,7 +999,8 @@ class LatentSFTResult:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def evaluate(self, examples, **kwargs) -> EvalResult:
-        """:func:`workbench.eval.evaluator.evaluate` of the stage-2 model with the Latent-SFT spec."""
+        """:func:`workbench.eval.evaluator.evaluate` of the stage-2 model with the Latent-SFT
+        spec."""
         kwargs.setdefault("method", "latent-sft")
         return evaluate(self.model, self.tokenizer, examples, spec=self.spec, **kwargs)
 
@@ -1154,8 +1164,7 @@ def train_latent_sft(
         decoder.save_pretrained(out / "stage2")
         encoder.save_pretrained(out / "encoder")
         tokenizer.save_pretrained(out / "stage2")
-        with open(out / "latent_sft_config.json", "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=1)
+        atomic_write_json(out / "latent_sft_config.json", dataclasses.asdict(config), indent=1)
         if len(result.history):
             result.history.to_csv(out / "history.csv", index=False)
     return result
@@ -1219,21 +1228,30 @@ def train(
     }
     if output_dir is not None:
         meta["soft_labels"] = str(res.soft_label_path)
-    return TrainedModel(NAME, res.model, data.tokenizer, res.spec, res.history, data.task, data.test, meta)
+    return TrainedModel(
+        NAME, res.model, data.tokenizer, res.spec, res.history, data.task, data.test, meta
+    )
 
 
 def alignment(meta: dict):
     """Latent ``i`` stands for the i-th ``r``-token CoT segment (older checkpoints keep the config
     under ``meta["latent_sft"]``)."""
     cfg = meta.get("config") or meta.get(NAME) or {}
-    return Alignment(tokens_per_latent=int(cfg.get("compression_rate", LatentSFTConfig.compression_rate)))
+    return Alignment(
+        tokens_per_latent=int(cfg.get("compression_rate", LatentSFTConfig.compression_rate))
+    )
 
 
 def quick_config(seed: int = 0) -> dict:
     """A short run for looking at trajectories (not for headline numbers)."""
     return {
         "config": LatentSFTConfig(
-            encoder_steps=10, decoder_steps=10, union_steps=10, stage2_steps=30, batch_size=16, seed=seed
+            encoder_steps=10,
+            decoder_steps=10,
+            union_steps=10,
+            stage2_steps=30,
+            batch_size=16,
+            seed=seed,
         )
     }
 

@@ -1,4 +1,5 @@
-"""4-D additive attention masks and dual-track positions for Latent-SFT stage 1 (RESEARCH Part A 1.2).
+"""4-D additive attention masks and dual-track positions for Latent-SFT stage 1
+(RESEARCH Part A 1.2).
 
 How transformers (5.x) takes a custom mask, checked in ``masking_utils.py`` and the GPT-2 / Llama
 model files: ``create_causal_mask`` -> ``_preprocess_mask_arguments`` returns any 4-D
@@ -43,7 +44,8 @@ MASK_CAPABLE_ATTENTION = ("sdpa", "eager")
 
 
 def additive_mask(keep: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[B, T, T]`` bool "may attend" -> ``[B, 1, T, T]`` additive mask (0 kept, ``finfo.min`` masked)."""
+    """``[B, T, T]`` bool "may attend" -> ``[B, 1, T, T]`` additive mask (0 kept, ``finfo.min``
+    masked)."""
     if keep.dim() != 3 or keep.shape[-1] != keep.shape[-2]:
         raise ValueError(f"keep must be [B, T, T], got {tuple(keep.shape)}")
     if not dtype.is_floating_point:
@@ -64,7 +66,8 @@ def causal_keep(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The plain causal + padding mask as a 4-D additive mask (the reference point for 4-D == 2-D tests)."""
+    """The plain causal + padding mask as a 4-D additive mask (the reference point for
+    4-D == 2-D tests)."""
     return additive_mask(causal_keep(attention_mask), dtype)
 
 
@@ -129,7 +132,8 @@ def dual_track_positions(role: torch.Tensor) -> torch.Tensor:
     absent); a text token sits ``k`` places after the latent it follows. Pads get 0.
 
     >>> P, L, X, A = PREFIX, LATENT, TEXT, TAIL
-    >>> role = torch.tensor([[P, P, P, L, X, X, L, X, X, L, A, A, A]])  # [P0,P1,<t>,L1,t1,t2,L2,t3,t4,L3,</t>,A1,A2]
+    >>> # [P0, P1, <t>, L1, t1, t2, L2, t3, t4, L3, </t>, A1, A2]
+    >>> role = torch.tensor([[P, P, P, L, X, X, L, X, X, L, A, A, A]])
     >>> dual_track_positions(role).tolist()
     [[0, 1, 2, 3, 4, 5, 4, 5, 6, 5, 6, 7, 8]]
     """

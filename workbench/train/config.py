@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from workbench.config import ConfigError
+from workbench.config import check_choice, check_range, check_that
 
 LR_SCHEDULES = ("cosine", "constant", "linear")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -122,100 +122,63 @@ class TrainConfig:
     """Drop the last incomplete micro-batch of each epoch."""
 
     def __post_init__(self) -> None:
-        self.max_steps = _int("max_steps", self.max_steps, lo=0)
-        self.batch_size = _int("batch_size", self.batch_size, lo=1)
-        self.grad_accum_steps = _int("grad_accum_steps", self.grad_accum_steps, lo=1)
-        self.warmup_steps = _int("warmup_steps", self.warmup_steps, lo=0)
-        self.log_every = _int("log_every", self.log_every, lo=1)
-        self.seed = _int("seed", self.seed, lo=0)
+        for name, lo in (
+            ("max_steps", 0), ("batch_size", 1), ("grad_accum_steps", 1), ("warmup_steps", 0),
+            ("log_every", 1), ("seed", 0),
+        ):  # fmt: skip
+            _as_int(self, name)
+            check_range(self, name, ge=lo, integer=True)
         for name in ("eval_every", "save_every", "save_total_limit"):
+            _as_int(self, name)
+            check_range(self, name, ge=1, integer=True, allow_none=True)
+        check_range(self, "lr", ge=0.0)
+        check_range(self, "weight_decay", ge=0.0)
+        check_range(self, "min_lr_ratio", ge=0.0, le=1.0)
+        check_range(self, "decay_fraction", gt=0.0, le=1.0)
+        check_range(self, "warmup_time_fraction", gt=0.0, le=1.0)
+        check_range(self, "max_time_s", gt=0.0, allow_none=True)
+        check_range(self, "max_grad_norm", gt=0.0, allow_none=True)
+        for name in ("lr", "weight_decay", "min_lr_ratio", "decay_fraction",
+                     "warmup_time_fraction", "max_time_s", "max_grad_norm"):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, _int(name, value, lo=1, optional=True))
-
-        self.lr = _float("lr", self.lr, lo=0.0)
-        self.weight_decay = _float("weight_decay", self.weight_decay, lo=0.0)
-        self.min_lr_ratio = _float("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)
-        self.decay_fraction = _float(
-            "decay_fraction", self.decay_fraction, lo=0.0, lo_open=True, hi=1.0
-        )
-        self.warmup_time_fraction = _float(
-            "warmup_time_fraction", self.warmup_time_fraction, lo=0.0, lo_open=True, hi=1.0
-        )
-        if self.max_time_s is not None:
-            self.max_time_s = _float(
-                "max_time_s", self.max_time_s, lo=0.0, lo_open=True, optional=True
-            )
-        if self.max_grad_norm is not None:
-            self.max_grad_norm = _float(
-                "max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True, optional=True
-            )
-
+                check_that(self, name, math.isfinite(value), "a finite number")
+                setattr(self, name, float(value))
         betas = self.betas
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ConfigError(
-                f"TrainConfig.betas must be a pair (beta1, beta2) with each value in "
-                f"[0, 1), got {betas!r}"
-            )
-        self.betas = tuple(_float("betas", b, lo=0.0, hi=1.0, hi_open=True) for b in betas)  # type: ignore[assignment]
-
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_that(
+            self,
+            "betas",
+            isinstance(betas, (tuple, list))
+            and len(betas) == 2
+            and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                for b in betas
+            ),
+            "a pair (beta1, beta2) with each value in [0, 1)",
+        )
+        self.betas = (float(betas[0]), float(betas[1]))
+        check_choice(self, "lr_schedule", LR_SCHEDULES)
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
         for name in ("progress", "resume", "shuffle", "drop_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}"
-                )
-        if self.output_dir is not None and (
-            not isinstance(self.output_dir, str) or not self.output_dir.strip()
-        ):
-            raise ConfigError(
-                f"TrainConfig.output_dir must be a non-empty path string or None, "
-                f"got {self.output_dir!r}"
-            )
-        if self.resume and self.output_dir is None:
-            raise ConfigError(
-                "TrainConfig.resume=True needs TrainConfig.output_dir (the folder holding "
-                "the checkpoint-* folders to resume from); set output_dir or resume=False"
-            )
+            check_that(self, name, isinstance(getattr(self, name), bool), "True or False")
+        check_that(
+            self,
+            "output_dir",
+            self.output_dir is None
+            or (isinstance(self.output_dir, str) and bool(self.output_dir.strip())),
+            "a non-empty path string or None",
+        )
+        check_that(
+            self,
+            "resume",
+            not (self.resume and self.output_dir is None),
+            "False when output_dir is None (resume continues from the checkpoint-* folders "
+            "in output_dir): set output_dir or resume=False",
+        )
 
 
-def _int(name: str, value: Any, *, lo: int, optional: bool = False) -> int:
-    allowed = f"an integer >= {lo}" + (" or None" if optional else "")
-    if isinstance(value, bool):
-        raise ConfigError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
+def _as_int(owner, name: str) -> None:
+    """YAML and the CLI may give ``300.0`` for an integer field: keep it as ``300``."""
+    value = getattr(owner, name)
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or value < lo:
-        raise ConfigError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
-    return value
-
-
-def _float(
-    name: str,
-    value: Any,
-    *,
-    lo: float,
-    hi: float | None = None,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    optional: bool = False,
-) -> float:
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    rng = f"{left}{lo}, {hi}{right}" if hi is not None else (f"> {lo}" if lo_open else f">= {lo}")
-    allowed = f"a finite number {'in ' if hi is not None else ''}{rng}" + (
-        " or None" if optional else ""
-    )
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
-    v = float(value)
-    bad = (v <= lo if lo_open else v < lo) or (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad:
-        raise ConfigError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
-    return v
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"TrainConfig.{name} must be one of {list(allowed)}, got {value!r}")
+        setattr(owner, name, int(value))
