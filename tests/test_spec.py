@@ -25,6 +25,7 @@ from workbench.engine.feedback import (
     FEEDBACK_RULES,
     GumbelFeedback,
     HiddenFeedback,
+    PauseFeedback,
     ProjectedFeedback,
     SuperpositionFeedback,
     make_feedback,
@@ -82,6 +83,14 @@ def _stop_head(seed: int, min_steps: int = 1) -> LearnedStopHead:
     return head
 
 
+def _pause_vector(seed: int) -> PauseFeedback:
+    """A pause rule whose vector is not its init (rebuilt from its config alone it differs)."""
+    fb = PauseFeedback(D, init_std=0.5, seed=seed)
+    with torch.no_grad():
+        fb.vector.add_(torch.randn(D, generator=torch.Generator().manual_seed(seed + 1)))
+    return fb
+
+
 def _feedback_cases():
     torch.manual_seed(0)
     return {
@@ -90,6 +99,7 @@ def _feedback_cases():
         "projected": ProjectedFeedback(D, proj_dim=24, dropout=0.1),
         "superposition": SuperpositionFeedback(top_k=5, temperature=0.7),
         "gumbel": GumbelFeedback(top_k=6, temperature=0.9, gumbel_tau=0.4, noise_scale=0.8),
+        "learned_constant": _pause_vector(seed=2),
     }
 
 

@@ -34,6 +34,7 @@ _MODULES: dict[str, str] = {
     "nocot": "workbench.methods.nocot",
     "coconut": "workbench.methods.coconut",
     "latent_sft": "workbench.methods.latent_sft",
+    "pause": "workbench.methods.pause",
 }
 """Method name -> module exporting its ``RECORD``."""
 

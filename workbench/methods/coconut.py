@@ -108,11 +108,10 @@ class CoconutConfig:
         return self.max_latent_stage * self.c_thought
 
     def make_feedback(self, d_model: int) -> FeedbackRule:
-        return (
-            make_feedback(self.feedback, d_model=d_model)
-            if self.feedback == "projected"
-            else make_feedback(self.feedback)
-        )
+        """The configured rule; rules with weights of the model's width get ``d_model``."""
+        cls = FEEDBACK_RULES[self.feedback]
+        kw = {"d_model": d_model} if "d_model" in cls.config_keys() else {}
+        return make_feedback(self.feedback, **kw)
 
     def inference_spec(self, feedback: FeedbackRule | None = None) -> LatentSpec:
         """The final-stage spec: ``max_latent_stage * c`` thoughts, then a forced ``<eot>``."""
