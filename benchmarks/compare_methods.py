@@ -245,6 +245,15 @@ def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:
     return float(tm.evaluate(examples).summary["accuracy"])
 
 
+def _json_safe(v):
+    """NaN and inf as ``null``: the last line must be strict JSON."""
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
 def _cell(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.task == "graph":
             row["prosqa_real_accuracy"] = real_prosqa_accuracy(tm, args.test_size)
         results[name] = row
-        print(f"[compare] {name}: {json.dumps(row)}", flush=True)
+        print(f"[compare] {name}: {json.dumps(_json_safe(row))}", flush=True)
     cols = ["accuracy", "reasoning_positions", "forward_passes", "drop_zero", "drop_swap",
             "drop_pause", "usage_drop", "train_steps", "train_minutes"]  # fmt: skip
     if args.task == "graph":
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         print(name.ljust(14) + "".join(_cell(row.get(c)).rjust(14) for c in cols))
     summary = {"task": args.task, "device": device, "scale": args.scale,
                "test_size": len(data.test), "methods": results}  # fmt: skip
-    print(json.dumps(summary, default=lambda v: None))
+    print(json.dumps(_json_safe(summary), default=lambda v: None))
     return 0
 
 

@@ -5,9 +5,7 @@ that stderr is exactly one ``workbench <command>: error: ...`` line naming the t
 wrong (file, field, tensor) and the fix, and that the command left no file behind: not in its
 ``--out`` folder, not in the data or runs folders, not in the checkpoint it read.
 
-Cases marked ``xfail(strict=True)`` do not meet the bar yet; the reason says where the
-traceback comes from. When that is fixed the test passes, strict xfail reports it, and the
-mark must go.
+Every case meets the bar; a case that stops meeting it fails here.
 """
 
 from __future__ import annotations
@@ -125,14 +123,6 @@ def test_b_truncated_weights(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert "truncated or corrupt" in message and "re-save the model" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="workbench/trained.py:110 only refuses a folder missing both tokenizer.json and "
-    "tokenizer_config.json; with the config left, AutoTokenizer.from_pretrained "
-    "(trained.py:115) raises ValueError 'Couldn't instantiate the backend tokenizer...' "
-    "uncaught: a traceback",
-)
 def test_c_tokenizer_json_deleted(checkpoint: Path, tmp_path: Path, capsys) -> None:
     (checkpoint / "tokenizer.json").unlink()
     message = eval_fails(capsys, checkpoint, tmp_path)
@@ -218,23 +208,12 @@ def test_f_bad_train_config(flags: list[str], fragments: list[str], tmp_path: Pa
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileNotFoundError,
-    reason="workbench/config.py:112 load_yaml opens the file unguarded: a missing --config "
-    "is a plain FileNotFoundError (not a WorkbenchError), so the CLI shows a traceback",
-)
 def test_f_config_file_does_not_exist(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "no_such.yaml"
     message = one_error_line(capsys, ["train", "--config", str(missing), "--out", str(tmp_path)])
     assert str(missing) in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workbench/config.py:113 load_yaml calls yaml.safe_load unguarded: a YAML syntax "
-    "error is a yaml.parser.ParserError traceback, not a ConfigError naming line and column",
-)
 def test_f_config_file_is_not_yaml(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
@@ -258,12 +237,6 @@ def test_g_dataset_row_missing_answer(tmp_path: Path, capsys) -> None:
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]  # nothing written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileNotFoundError,
-    reason="workbench/data/datasets.py:368 raises a plain FileNotFoundError (its message is "
-    "good) instead of workbench.errors.MissingFileError, so the CLI shows a traceback",
-)
 def test_g_dataset_path_does_not_exist(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "no_such.jsonl"
     message = one_error_line(capsys, ["data", "--path", str(missing)])

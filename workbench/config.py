@@ -109,8 +109,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (an empty file is ``{}``)."""
     import yaml
 
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    from workbench.errors import MissingFileError
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such config file (fix: check the --config path)")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem}); fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

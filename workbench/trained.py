@@ -99,20 +99,24 @@ class TrainedModel:
         """
         path = Path(path)
         if not path.is_dir():
-            raise MissingFileError(f"{path}: no such checkpoint folder")
+            raise MissingFileError(
+                f"{path}: no such checkpoint folder (fix: check the path; a model is saved by "
+                "`workbench train --out DIR` or TrainedModel.save)"
+            )
         desc = read_method_file(path)
         if method is not None and desc["method"] != method:
             raise CheckpointError(
                 f"{path} holds a {desc['method']!r} model, not {method!r}; "
                 f"pass a folder saved by the {method!r} method"
             )
-        tok_file = path / "tokenizer.json"
-        if not tok_file.exists() and not (path / "tokenizer_config.json").exists():
-            raise CheckpointError(
-                f"{path}: the tokenizer is missing (no tokenizer.json); re-save the model with "
-                "TrainedModel.save, or `make checkpoints` for the shipped ones"
-            )
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        fix = "re-save the model with TrainedModel.save, or `make checkpoints` for the shipped ones"
+        if not (path / "tokenizer.json").exists():
+            raise CheckpointError(f"{path}: the tokenizer is missing (no tokenizer.json); {fix}")
+        try:
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{path}: the tokenizer cannot be loaded ({first}); {fix}") from err
         model = load_local_model(path, tok)
         try:
             spec = spec_from_dict(desc.get("spec"), d_model=model.config.hidden_size)

@@ -38,7 +38,7 @@ from workbench.config import ConfigError, check_choice, check_range, check_that
 from workbench.data.loaders import _ALIASES, FORMATS, load_examples
 from workbench.data.schema import Example, validate_example
 from workbench.data.tasks import TASK_MODULES, get_task
-from workbench.errors import WorkbenchError
+from workbench.errors import MissingFileError, WorkbenchError
 from workbench.io import atomic_folder
 from workbench.paths import data_dir
 
@@ -365,7 +365,7 @@ def load_local_dataset(
         )
         return hf.DatasetDict({k: examples_to_dataset(v) for k, v in splits.items()})
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or folder (fix: check the path)")
+        raise MissingFileError(f"{path}: no such file or folder (fix: check the path)")
     found: dict[str, Path] = {}
     ignored = []
     for f in sorted(path.iterdir()):
