@@ -38,6 +38,10 @@ def _method_literals(path: Path, names: set[str]) -> list[str]:
     ]
 
 
+SAME_NAME_ELSEWHERE = {PACKAGE / "data" / "loaders.py": {"icot"}}
+"""Strings that spell a method's name but mean something else: the iCoT *text data format*."""
+
+
 def test_no_method_name_as_a_string_literal_outside_its_module_and_the_registry():
     names = set(method_names())
     allowed = {PACKAGE / "methods" / "__init__.py"} | {
@@ -46,7 +50,7 @@ def test_no_method_name_as_a_string_literal_outside_its_module_and_the_registry(
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path not in allowed:
-            found += _method_literals(path, names)
+            found += _method_literals(path, names - SAME_NAME_ELSEWHERE.get(path, set()))
     assert not found, "method names spelled outside the registry:\n" + "\n".join(found)
 
 

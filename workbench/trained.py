@@ -116,7 +116,9 @@ class TrainedModel:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise CheckpointError(f"{path}: the tokenizer cannot be loaded ({first}); {fix}") from err
+            raise CheckpointError(
+                f"{path}: the tokenizer cannot be loaded ({first}); {fix}"
+            ) from err
         model = load_local_model(path, tok)
         try:
             spec = spec_from_dict(desc.get("spec"), d_model=model.config.hidden_size)

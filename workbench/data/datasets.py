@@ -210,16 +210,21 @@ def _jsonl_bytes(examples: list[Example]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    """One cache file inside the temporary folder (``atomic_folder`` fsyncs the tree)."""
+    path.write_bytes(data)
+
+
 def _write_cache(final: Path, splits: dict[str, list[Example]], meta: dict[str, Any]) -> None:
     """Write all files into a temporary sibling folder, then move it to ``final`` in one step."""
     with atomic_folder(final) as tmp:
         files = {}
         for name, examples in splits.items():
             data = _jsonl_bytes(examples)
-            (tmp / f"{name}.jsonl").write_bytes(data)
+            _write_file(tmp / f"{name}.jsonl", data)
             files[name] = {"rows": len(examples), "sha256": hashlib.sha256(data).hexdigest()}
         meta = {**meta, "files": files}
-        (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n")
+        _write_file(tmp / "meta.json", (json.dumps(meta, sort_keys=True, indent=2) + "\n").encode())
 
 
 def _read_cache(folder: Path, identity: dict[str, Any], splits: list[str]) -> hf.DatasetDict | None:

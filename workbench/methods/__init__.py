@@ -35,6 +35,7 @@ _MODULES: dict[str, str] = {
     "coconut": "workbench.methods.coconut",
     "latent_sft": "workbench.methods.latent_sft",
     "pause": "workbench.methods.pause",
+    "icot": "workbench.methods.icot",
 }
 """Method name -> module exporting its ``RECORD``."""
 
