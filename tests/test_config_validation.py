@@ -83,3 +83,13 @@ def test_cli_debug_shows_the_traceback(tmp_path):
                 "model.d_model=0",
             ]
         )
+
+
+def test_latent_sft_refuses_a_rate_above_the_shortest_cot():
+    from workbench.experiment import prepare_data, train
+    from workbench.models.build import build_model
+
+    data = prepare_data("multiplication", train_size=16, val_size=2, test_size=2, digits_a=2)
+    model = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), data.tokenizer)
+    with pytest.raises(ConfigError, match=r"LatentSFTConfig\.compression_rate = 100.*shortest CoT"):
+        train("latent_sft", data, model, config=LatentSFTConfig(compression_rate=100))

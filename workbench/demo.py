@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.config import check_range, check_that
+from workbench.eval.ablations import usage_drop
 from workbench.experiment import (
     TrainedModel,
     default_train_config,
@@ -108,6 +109,8 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
                 "train_steps": tm.meta["train_steps"],
                 "train_minutes": minutes,
                 "params": tm.meta["params"],
+                # accuracy lost with the latents zeroed / swapped / pause-embedded (NaN: none)
+                **usage_drop(tm.model, tm.tokenizer, tm.test_examples[:200], tm.spec),
             }
         )
         write_table(run / f"predictions_{tm.method}.csv", res.per_example)
@@ -178,6 +181,7 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
         "reasoning_positions",
         "answer_tokens",
         "forward_passes",
+        "usage_drop",
         "ms_per_example",
         "train_steps",
     ]

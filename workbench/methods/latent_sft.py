@@ -1207,6 +1207,7 @@ def train(
         )
     cfg = config or LatentSFTConfig(seed=seed)
     model = getattr(base, "model", base)
+    check_fits(cfg, data)
     with tempfile.TemporaryDirectory(prefix="latent_sft-") as tmp:
         res = train_latent_sft(
             model,
@@ -1231,6 +1232,25 @@ def train(
     return TrainedModel(
         NAME, res.model, data.tokenizer, res.spec, res.history, data.task, data.test, meta
     )
+
+
+def check_fits(cfg: LatentSFTConfig, data) -> None:
+    """Refuse, naming the field, a config that cannot work on ``data``'s chains of thought."""
+    from workbench.config import ConfigError
+
+    texs = tokenize_examples(data.train[:512], data.tokenizer)
+    lengths = [len(t.reasoning()) for t in texs]
+    if not lengths or min(lengths) == 0:
+        raise ConfigError(
+            f"LatentSFTConfig: {data.task!r} has examples without a chain of thought; Latent-SFT "
+            "compresses CoT segments into latents, so every example needs steps"
+        )
+    if cfg.compression_rate > min(lengths):
+        raise ConfigError(
+            f"LatentSFTConfig.compression_rate = {cfg.compression_rate}: expected at most the "
+            f"shortest CoT ({min(lengths)} tokens), or that example would get no latent to stand "
+            "for its segments"
+        )
 
 
 def alignment(meta: dict):
