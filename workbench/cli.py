@@ -123,6 +123,16 @@ def cmd_train(args) -> int:
     kwargs = {"train_config": tc, "model_config": mc, "seed": seed}
     if args.max_minutes:
         kwargs["time_budget_s"] = args.max_minutes * 60
+    if not record.takes_train_config:
+        given = [k for k in ("model", "train") if cfg.get(k)] + (
+            ["--max-minutes"] if args.max_minutes else []
+        ) + (["--resume"] if args.resume else [])  # fmt: skip
+        if given:
+            raise ConfigError(
+                f"{given} do not apply to {method!r}: its steps and learning rates are in "
+                f"the {method!r} section (e.g. --set {method}.stage2_steps=500)"
+            )
+        kwargs = {"seed": seed}
     if record.config_cls is not None:
         section = cfg.get(method, {})
         kwargs["config"] = config_from_dict(record.config_cls, section, source=f"{src}:{method}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.config import ConfigError
 from workbench.data.prepare import TaskData, prepare_data
 from workbench.data.tokenizer import special_ids
 from workbench.engine.spec import spec_from_dict, spec_to_dict
@@ -44,7 +45,7 @@ def train(method: str, data: TaskData, base=None, **kwargs) -> TrainedModel:
     """
     record = get_method(method)
     if record.needs_base and base is None:
-        raise ValueError(
+        raise ConfigError(
             f"method {method!r} starts from a trained CoT model: pass base= "
             "(e.g. cot_starting_point(data))"
         )
@@ -64,7 +65,7 @@ def train_baseline(
 ) -> TrainedModel:
     """A method that needs no base model (``cot``, ``nocot``), new or continuing ``model``."""
     if get_method(mode).needs_base:
-        raise ValueError(f"mode={mode!r} is a latent method; use train({mode!r}, data, base)")
+        raise ConfigError(f"mode={mode!r} is a latent method; use train({mode!r}, data, base)")
     return get_method(mode).train(
         data,
         model,

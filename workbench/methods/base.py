@@ -41,6 +41,9 @@ class MethodRecord:
     """Starts from a trained CoT model (``--init``; see ``experiment.cot_starting_point``)."""
     notebook: str | None = None
     """The notebook that trains it (``notebooks/<file>``)."""
+    takes_train_config: bool = True
+    """``train`` accepts ``train_config``/``model_config`` (a method whose optimizer settings
+    live in its own config, like Latent-SFT's sub-stages, says ``False``)."""
     recipe: Callable[[int], dict] | None = None
     """``seed -> train kwargs`` of the shipped checkpoint (``make checkpoints``); ``None``: none."""
 

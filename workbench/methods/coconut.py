@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from workbench.config import check_choice, check_range
+from workbench.config import ConfigError, check_choice, check_range
 from workbench.data.layout import TokenizedExample, build_sequence, collate, tokenize_examples
 from workbench.data.tokenizer import special_ids
 from workbench.engine.feedback import FEEDBACK_RULES, FeedbackRule, make_feedback
@@ -302,7 +302,7 @@ def train(
     from workbench.trained import TrainedModel
 
     if time_budget_s is not None:
-        raise ValueError(
+        raise ConfigError(
             "coconut trains a step-bounded curriculum: set CoconutConfig.steps_per_stage "
             "instead of a time budget"
         )

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from workbench.config import check_range, check_that
+from workbench.config import ConfigError, check_range, check_that
 from workbench.data.layout import IGNORE, TokenizedExample, collate, prompt_ids, tokenize_examples
 from workbench.data.tokenizer import SpecialIds, special_ids
 from workbench.methods.base import (
@@ -209,7 +209,7 @@ def train(
     from workbench.trained import TrainedModel
 
     if time_budget_s is not None:
-        raise ValueError(
+        raise ConfigError(
             "icot trains a step-bounded removal schedule: set ICoTConfig.steps_per_removal "
             "and final_steps instead of a time budget"
         )

@@ -88,7 +88,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workbench.config import check_choice, check_range, check_that
+from workbench.config import ConfigError, check_choice, check_range, check_that
 from workbench.data.layout import (
     IGNORE,
     TokenizedExample,
@@ -1199,9 +1199,9 @@ def train(
     from workbench.trained import TrainedModel
 
     if base is None:
-        raise ValueError("latent_sft starts from a CoT-trained model: pass base=")
+        raise ConfigError("latent_sft starts from a CoT-trained model: pass base=")
     if train_config is not None or model_config is not None or time_budget_s is not None:
-        raise ValueError(
+        raise ConfigError(
             "latent_sft takes its steps and learning rates from LatentSFTConfig "
             "(encoder_steps, stage2_lr, ...): leave train_config/model_config/time_budget_s unset"
         )
@@ -1306,6 +1306,7 @@ RECORD = MethodRecord(
     alignment=alignment,
     quick_config=quick_config,
     needs_base=True,
+    takes_train_config=False,
     notebook="02_latent_sft.ipynb",
     recipe=recipe,
 )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from workbench.config import check_range, check_that
+from workbench.config import ConfigError, check_range, check_that
 from workbench.engine.feedback import FeedbackRule, PauseFeedback
 from workbench.engine.spec import LatentSpec
 from workbench.lens.alignment import Alignment
@@ -86,7 +86,7 @@ def train(
     Step-bounded like Coconut: ``time_budget_s`` raises.
     """
     if time_budget_s is not None:
-        raise ValueError(
+        raise ConfigError(
             "pause trains Coconut's step-bounded curriculum: set PauseConfig.steps_per_stage "
             "instead of a time budget"
         )
