@@ -93,3 +93,12 @@ def test_latent_sft_refuses_a_rate_above_the_shortest_cot():
     model = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), data.tokenizer)
     with pytest.raises(ConfigError, match=r"LatentSFTConfig\.compression_rate = 100.*shortest CoT"):
         train("latent_sft", data, model, config=LatentSFTConfig(compression_rate=100))
+
+
+def test_cli_refuses_trainer_settings_for_a_method_with_its_own(capsys, tmp_path):
+    from workbench.cli import main
+
+    code = main(["train", "--method", "latent_sft", "--steps", "5", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "do not apply to 'latent_sft'" in err and "latent_sft.stage2_steps" in err
