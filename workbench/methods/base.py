@@ -130,3 +130,36 @@ class LatentLM(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.parts = torch.nn.ModuleList(parts)
+
+
+def run_curriculum(trainer, stages, set_stage, *, reset_optimizer: bool = True):
+    """Train ``stages`` (``[(stage, steps), ...]``) in order; returns the log as one DataFrame.
+
+    Stage ``i`` ends at a fixed optimizer step (the cumulative sum), so a run resumed from a
+    checkpoint (``TrainConfig.resume``) re-enters the curriculum where it was killed: finished
+    stages are skipped, and the optimizer is reset only when a stage starts, never in the middle
+    of one (its state then comes from the checkpoint). ``set_stage(stage)`` switches the layout
+    (the collator) and may return extra columns for that stage's log rows.
+    """
+    import pandas as pd
+
+    from workbench.train import latest_checkpoint
+
+    cfg = trainer.config
+    ends = [sum(n for _, n in stages[: i + 1]) for i in range(len(stages))]
+    resume_from = latest_checkpoint(cfg.output_dir) if cfg.resume and cfg.output_dir else None
+    if resume_from is not None:
+        trainer.resume_from_checkpoint(resume_from)
+    frames = []
+    for i, (stage, _) in enumerate(stages):
+        if trainer.step >= ends[i]:
+            continue
+        columns = set_stage(stage) or {}
+        trainer.config.max_steps = ends[i]
+        if i > 0 and reset_optimizer and trainer.step == ends[i - 1]:
+            trainer.reset_optimizer()
+        n_before = len(trainer.log_history)
+        trainer.train()
+        part = pd.DataFrame(trainer.log_history[n_before:]).assign(stage=stage, **columns)
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True) if frames else None

@@ -40,6 +40,7 @@ from workbench.lens.alignment import Alignment
 from workbench.methods.base import (
     MethodRecord,
     default_train_config,
+    run_curriculum,
     starting_model,
     trainable_net,
     val_accuracy_fn,
@@ -295,10 +296,9 @@ def train(
     Stages are step-bounded; ``time_budget_s`` is not supported (a curriculum cut by the clock
     would never reach its final stage) and raises.
     """
-    import pandas as pd
 
     from workbench.models.build import count_parameters
-    from workbench.train import Trainer, latest_checkpoint
+    from workbench.train import Trainer
     from workbench.trained import TrainedModel
 
     if time_budget_s is not None:
@@ -334,27 +334,11 @@ def train(
         eval_fn=eval_fn,
         callbacks=callbacks,
     )
-    # Stage i ends at a fixed optimizer step, so a resumed run (TrainConfig.resume) re-enters
-    # the curriculum where it was killed: finished stages are skipped, and the optimizer is only
-    # reset when a stage starts, never in the middle of one (its state comes from the checkpoint).
-    ends = [sum(n for _, n in stages[: i + 1]) for i in range(len(stages))]
-    resume_from = latest_checkpoint(cfg.output_dir) if cfg.resume and cfg.output_dir else None
-    if resume_from is not None:
-        trainer.resume_from_checkpoint(resume_from)
-    frames = []
-    for i, (stage, _) in enumerate(stages):
-        if trainer.step >= ends[i]:
-            continue
+
+    def set_stage(stage):
         collator.stage = stage
-        trainer.config.max_steps = ends[i]
-        if i > 0 and cc.reset_optimizer and trainer.step == ends[i - 1]:
-            trainer.reset_optimizer()
-        n_before = len(trainer.log_history)
-        trainer.train()
-        part = pd.DataFrame(trainer.log_history[n_before:])
-        part["stage"] = stage
-        frames.append(part)
-    hist = pd.concat(frames, ignore_index=True) if frames else None
+
+    hist = run_curriculum(trainer, stages, set_stage, reset_optimizer=cc.reset_optimizer)
     meta = {
         "config": asdict(cc),
         "params": count_parameters(model),

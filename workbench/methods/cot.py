@@ -7,35 +7,16 @@ decoder are initialised from it). At inference the model writes its own steps an
 
 from __future__ import annotations
 
+from functools import partial
+
 from workbench.methods.base import MethodRecord
 from workbench.methods.sft import train_sft
 
 NAME = "cot"
 
-
-def train(
-    data,
-    base=None,
-    *,
-    config=None,
-    train_config=None,
-    model_config=None,
-    callbacks=None,
-    seed: int = 0,
-    time_budget_s: float | None = None,
-):
-    """Train (or continue training ``base``) on the full CoT layout; ``config`` is unused."""
-    return train_sft(
-        NAME,
-        data,
-        base,
-        with_steps=True,
-        train_config=train_config,
-        model_config=model_config,
-        callbacks=callbacks,
-        seed=seed,
-        time_budget_s=time_budget_s,
-    )
+train = partial(train_sft, NAME, with_steps=True)
+"""``train(data, base=None, *, train_config=None, model_config=None, callbacks=None, seed=0,
+time_budget_s=None)``: the full CoT layout (see :func:`~workbench.methods.sft.train_sft`)."""
 
 
 RECORD = MethodRecord(

@@ -54,6 +54,7 @@ from workbench.data.tokenizer import SpecialIds, special_ids
 from workbench.methods.base import (
     MethodRecord,
     default_train_config,
+    run_curriculum,
     starting_model,
     val_accuracy_fn,
 )
@@ -202,10 +203,9 @@ def train(
     where a run was killed. ``time_budget_s`` is not supported (a schedule cut by the clock
     would never remove the last tokens) and raises.
     """
-    import pandas as pd
 
     from workbench.models.build import count_parameters
-    from workbench.train import Trainer, latest_checkpoint
+    from workbench.train import Trainer
     from workbench.trained import TrainedModel
 
     if time_budget_s is not None:
@@ -231,27 +231,12 @@ def train(
         callbacks=callbacks,
     )
     collator.epoch_fn = lambda: trainer.epoch
-    # Stage i ends at a fixed optimizer step: a resumed run skips finished stages, and the
-    # optimizer is only reset when a stage starts, never mid-stage (that state is restored).
-    ends = [sum(n for _, n in stages[: i + 1]) for i in range(len(stages))]
-    resume_from = latest_checkpoint(cfg.output_dir) if cfg.resume and cfg.output_dir else None
-    if resume_from is not None:
-        trainer.resume_from_checkpoint(resume_from)
-    frames = []
-    for i, (stage, _) in enumerate(stages):
-        if trainer.step >= ends[i]:
-            continue
+
+    def set_stage(stage):
         collator.stage = stage
-        trainer.config.max_steps = ends[i]
-        if i > 0 and ic.reset_optimizer and trainer.step == ends[i - 1]:
-            trainer.reset_optimizer()
-        n_before = len(trainer.log_history)
-        trainer.train()
-        part = pd.DataFrame(trainer.log_history[n_before:])
-        part["stage"] = stage
-        part["removed_tokens"] = ic.scheduled_removal(stage, max_reasoning)
-        frames.append(part)
-    hist = pd.concat(frames, ignore_index=True) if frames else None
+        return {"removed_tokens": ic.scheduled_removal(stage, max_reasoning)}
+
+    hist = run_curriculum(trainer, stages, set_stage, reset_optimizer=ic.reset_optimizer)
     meta = {
         "config": asdict(ic),
         "params": count_parameters(model),

@@ -6,35 +6,16 @@ in latent space (RESEARCH Part A 7). Same model, data and trainer as CoT, steps 
 
 from __future__ import annotations
 
+from functools import partial
+
 from workbench.methods.base import MethodRecord
 from workbench.methods.sft import train_sft
 
 NAME = "nocot"
 
-
-def train(
-    data,
-    base=None,
-    *,
-    config=None,
-    train_config=None,
-    model_config=None,
-    callbacks=None,
-    seed: int = 0,
-    time_budget_s: float | None = None,
-):
-    """Train (or continue training ``base``) on the answer-only layout; ``config`` is unused."""
-    return train_sft(
-        NAME,
-        data,
-        base,
-        with_steps=False,
-        train_config=train_config,
-        model_config=model_config,
-        callbacks=callbacks,
-        seed=seed,
-        time_budget_s=time_budget_s,
-    )
+train = partial(train_sft, NAME, with_steps=False)
+"""``train(data, base=None, *, train_config=None, model_config=None, callbacks=None, seed=0,
+time_budget_s=None)``: the answer-only layout (see :func:`~workbench.methods.sft.train_sft`)."""
 
 
 RECORD = MethodRecord(

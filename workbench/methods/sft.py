@@ -21,6 +21,7 @@ def train_sft(
     base=None,
     *,
     with_steps: bool,
+    config=None,
     train_config=None,
     model_config=None,
     callbacks=None,
@@ -32,7 +33,11 @@ def train_sft(
     With ``time_budget_s`` training runs for that wall time: the lr schedule follows the
     elapsed time (``TrainConfig.schedule_by_time``), so it completes whatever the machine's speed.
     """
+    from workbench.config import ConfigError
     from workbench.models.build import count_parameters
+
+    if config is not None:
+        raise ConfigError(f"{name} has no settings of its own: pass train_config, not config")
     from workbench.train import Trainer
     from workbench.trained import TrainedModel
 
