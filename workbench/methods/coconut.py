@@ -19,7 +19,20 @@ Deliberate deviations:
 * ``<eot>`` is a label (the workbench layout) instead of never being predicted; inference still
   forces it after the latents, as Coconut does;
 * any feedback rule of the engine can replace ``hidden`` (``feedback="projected"`` gives a
-  CODI-style projection, ``"superposition"`` a vocabulary-space thought), for ablations.
+  CODI-style projection, ``"superposition"`` a vocabulary-space thought), for ablations;
+* step supervision (RESEARCH Part A 7, SIM-CoT / LOTUS / CoT2) is an option, off by default:
+  ``latent_ce_weight`` scores the LM head at latent ``j`` against the *bag* of step ``j // c``'s
+  tokens (LOTUS uses one gold token per latent), ``step_decoder`` trains a separate decoder
+  (``small``: 1 fresh layer; ``copy``: the starting model) on the fed latents.
+
+Measured (``benchmarks/compare_methods.py``, d=128 from a CoT model, 300 held-out problems, 2
+CPU cores): arithmetic chains (single-digit operands, 2-4 steps; CoT 64.3%), c=1, 4 stages x 200
+steps + 400, lr 1e-3, batch 32: plain Coconut 28.3% with a latent-usage drop of ~0 (bypassed;
+the pause control: 27.0%), with ``latent_ce_weight=1, step_decoder="small"`` 35.0% and drops of
+19-23 points (the latents are used). 3x3 multiplication (CoT 100%), c=2, 300/300/500 steps:
+0% with or without step supervision (the 4-6 digit partial products do not fit one thought at
+this budget; RESEARCH Part A 7 item 5). The paper's effective batch 128 and 10-100x longer
+stages were not tried on CPU.
 """
 
 from __future__ import annotations
