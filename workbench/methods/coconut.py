@@ -29,7 +29,8 @@ Measured (``benchmarks/compare_methods.py``, d=128 from a CoT model, 300 held-ou
 CPU cores): arithmetic chains (single-digit operands, 2-4 steps; CoT 64.3%), c=1, 4 stages x 200
 steps + 400, lr 1e-3, batch 32: plain Coconut 28.3% with a latent-usage drop of ~0 (bypassed;
 the pause control: 27.0%), with ``latent_ce_weight=1, step_decoder="small"`` 35.0% and drops of
-19-23 points (the latents are used). 3x3 multiplication (CoT 100%), c=2, 300/300/500 steps:
+19-23 points (the latents are used) -- but no-CoT reaches 33.3% in 10 minutes (4,132 steps), so
+no latent method beats the answer-only baseline at this budget. 3x3 multiplication (CoT 100%), c=2, 300/300/500 steps:
 0% with or without step supervision (the 4-6 digit partial products do not fit one thought at
 this budget; RESEARCH Part A 7 item 5). The paper's effective batch 128 and 10-100x longer
 stages were not tried on CPU.
