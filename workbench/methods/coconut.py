@@ -26,14 +26,17 @@ Deliberate deviations:
   (``small``: 1 fresh layer; ``copy``: the starting model) on the fed latents.
 
 Measured (``benchmarks/compare_methods.py``, d=128 from a CoT model, 300 held-out problems, 2
-CPU cores): arithmetic chains (single-digit operands, 2-4 steps; CoT 64.3%), c=1, 4 stages x 200
-steps + 400, lr 1e-3, batch 32: plain Coconut 28.3% with a latent-usage drop of ~0 (bypassed;
-the pause control: 27.0%), with ``latent_ce_weight=1, step_decoder="small"`` 35.0% and drops of
-19-23 points (the latents are used) -- but no-CoT reaches 33.3% in 10 minutes (4,132 steps), so
-no latent method beats the answer-only baseline at this budget. 3x3 multiplication (CoT 100%), c=2, 300/300/500 steps:
-0% with or without step supervision (the 4-6 digit partial products do not fit one thought at
-this budget; RESEARCH Part A 7 item 5). The paper's effective batch 128 and 10-100x longer
-stages were not tried on CPU.
+CPU cores): arithmetic chains (single-digit operands, 2-4 steps; CoT 64.3% with 29.4 tokens,
+no-CoT 33.3%), c=1, 4 stages, lr 1e-3, batch 32:
+
+* 200 steps per stage + 400: plain Coconut 28.3%, latent-usage drop ~0 (bypassed; the pause
+  control: 27.0%); with ``latent_ce_weight=1, step_decoder="small"`` 35.0%, drops 19-23 points;
+* 400 steps per stage + 800, step-supervised: **55.3%** with 4 latents (86% of CoT, no-CoT
+  + 22 points), drops 40-47 points: the latents carry the chain.
+
+3x3 multiplication (CoT 100%), c=2, 300/300/500 steps: 0% with or without step supervision (the
+4-6 digit partial products do not fit one thought at this budget; RESEARCH Part A 7 item 5). The
+paper's effective batch 128 and 10-100x longer stages were not tried on CPU.
 """
 
 from __future__ import annotations
