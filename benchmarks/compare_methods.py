@@ -124,7 +124,7 @@ RECIPES: dict[str, TaskRecipe] = {
         train_size=50_000,
         d_model=128,
         # Coconut + step supervision at these budgets: 55.3% with 4 latents (CoT 64.3%, no-CoT
-        # 33.3%), usage drops 40-47 points; at half of them 35.0% (plain Coconut 28.3%, pause 27.0%).
+        # 33.3%), usage drops 40-47 points; at half of them 35.0% (Coconut 28.3%, pause 27.0%).
         entries={
             "cot": Entry(BASE_METHOD, minutes=15),
             "nocot": Entry(NO_COT_METHOD, minutes=10),
