@@ -123,8 +123,9 @@ RECIPES: dict[str, TaskRecipe] = {
         difficulty={"max_value": 9, "max_result": 40, "min_steps": 2, "max_steps": 4},
         train_size=50_000,
         d_model=128,
-        # Coconut + step supervision at these budgets: 55.3% with 4 latents (CoT 64.3%, no-CoT
-        # 33.3%), usage drops 40-47 points; at half of them 35.0% (Coconut 28.3%, pause 27.0%).
+        # Coconut + step supervision at these budgets: 77.0% with 4 latents (CoT 64.3%, no-CoT
+        # 33.3%), usage drops 60-68 points; at 2/3 of them 55.3%, at 1/3 35.0% (Coconut 28.3%,
+        # pause 27.0%, their latents bypassed).
         entries={
             "cot": Entry(BASE_METHOD, minutes=15),
             "nocot": Entry(NO_COT_METHOD, minutes=10),
@@ -133,8 +134,8 @@ RECIPES: dict[str, TaskRecipe] = {
                 {
                     "c_thought": 1,
                     "max_latent_stage": 4,
-                    "steps_per_stage": 400,
-                    "final_stage_steps": 800,
+                    "steps_per_stage": 600,
+                    "final_stage_steps": 1200,
                 },
                 _lat(1e-3),
             ),  # fmt: skip
@@ -143,8 +144,8 @@ RECIPES: dict[str, TaskRecipe] = {
                 {
                     "c_thought": 1,
                     "max_latent_stage": 4,
-                    "steps_per_stage": 400,
-                    "final_stage_steps": 800,
+                    "steps_per_stage": 600,
+                    "final_stage_steps": 1200,
                 },
                 _lat(1e-3),
             ),  # fmt: skip
@@ -153,8 +154,8 @@ RECIPES: dict[str, TaskRecipe] = {
                 {
                     "c_thought": 1,
                     "max_latent_stage": 4,
-                    "steps_per_stage": 400,
-                    "final_stage_steps": 800,
+                    "steps_per_stage": 600,
+                    "final_stage_steps": 1200,
                     "latent_ce_weight": 1.0,
                     "step_decoder": "small",
                 },

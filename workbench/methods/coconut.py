@@ -31,8 +31,10 @@ no-CoT 33.3%), c=1, 4 stages, lr 1e-3, batch 32:
 
 * 200 steps per stage + 400: plain Coconut 28.3%, latent-usage drop ~0 (bypassed; the pause
   control: 27.0%); with ``latent_ce_weight=1, step_decoder="small"`` 35.0%, drops 19-23 points;
-* 400 steps per stage + 800, step-supervised: **55.3%** with 4 latents (86% of CoT, no-CoT
-  + 22 points), drops 40-47 points: the latents carry the chain.
+* 400 steps per stage + 800, step-supervised: 55.3% with 4 latents, drops 40-47 points;
+* 600 steps per stage + 1200 (3,000 steps, 18 min), step-supervised: **77.0%** with 4 latents
+  (above the 15-minute CoT model it started from, no-CoT + 44 points), drops 60-68 points: the
+  latents carry the chain. (The CoT model is itself undertrained; it got no extra steps.)
 
 3x3 multiplication (CoT 100%), c=2, 300/300/500 steps: 0% with or without step supervision (the
 4-6 digit partial products do not fit one thought at this budget; RESEARCH Part A 7 item 5). The
