@@ -72,6 +72,19 @@ def _lat(lr: float, **kw) -> dict:
     return {"lr": lr, "warmup_steps": 20, "eval_every": None, "progress": False, **kw}
 
 
+SUPERVISION = {"latent_ce_weight": 1.0, "step_decoder": "small"}
+"""Step supervision of the ``coconut_sup`` rows (RESEARCH Part A 7)."""
+
+
+def curriculum_rows(stages: dict, lr: float = 1e-3) -> dict[str, Entry]:
+    """pause, Coconut and step-supervised Coconut under one curriculum (CoconutConfig fields)."""
+    return {
+        "pause": Entry("pause", dict(stages), _lat(lr)),
+        "coconut": Entry("coconut", dict(stages), _lat(lr)),
+        "coconut_sup": Entry("coconut", {**stages, **SUPERVISION}, _lat(lr)),
+    }
+
+
 RECIPES: dict[str, TaskRecipe] = {
     "multiplication": TaskRecipe(
         difficulty={"digits_a": 3},
@@ -84,28 +97,8 @@ RECIPES: dict[str, TaskRecipe] = {
                 "icot",
                 {"tokens_per_removal": 8, "steps_per_removal": 400, "final_steps": 400},
                 _lat(5e-4),
-            ),  # fmt: skip
-            "pause": Entry(
-                "pause",
-                {"c_thought": 2, "steps_per_stage": 300, "final_stage_steps": 500},
-                _lat(1e-3),
-            ),  # fmt: skip
-            "coconut": Entry(
-                "coconut",
-                {"c_thought": 2, "steps_per_stage": 300, "final_stage_steps": 500},
-                _lat(1e-3),
-            ),  # fmt: skip
-            "coconut_sup": Entry(
-                "coconut",
-                {
-                    "c_thought": 2,
-                    "steps_per_stage": 300,
-                    "final_stage_steps": 500,
-                    "latent_ce_weight": 1.0,
-                    "step_decoder": "small",
-                },
-                _lat(1e-3),
-            ),  # fmt: skip
+            ),
+            **curriculum_rows({"c_thought": 2, "steps_per_stage": 300, "final_stage_steps": 500}),
             "latent_sft": Entry(
                 "latent_sft",
                 {
@@ -114,7 +107,7 @@ RECIPES: dict[str, TaskRecipe] = {
                     "union_steps": 300,
                     "stage2_steps": 500,
                 },
-            ),  # fmt: skip
+            ),
         },
     ),
     "arithmetic": TaskRecipe(
@@ -129,37 +122,13 @@ RECIPES: dict[str, TaskRecipe] = {
         entries={
             "cot": Entry(BASE_METHOD, minutes=15),
             "nocot": Entry(NO_COT_METHOD, minutes=10),
-            "pause": Entry(
-                "pause",
+            **curriculum_rows(
                 {
                     "c_thought": 1,
                     "max_latent_stage": 4,
                     "steps_per_stage": 600,
                     "final_stage_steps": 1200,
-                },
-                _lat(1e-3),
-            ),  # fmt: skip
-            "coconut": Entry(
-                "coconut",
-                {
-                    "c_thought": 1,
-                    "max_latent_stage": 4,
-                    "steps_per_stage": 600,
-                    "final_stage_steps": 1200,
-                },
-                _lat(1e-3),
-            ),  # fmt: skip
-            "coconut_sup": Entry(
-                "coconut",
-                {
-                    "c_thought": 1,
-                    "max_latent_stage": 4,
-                    "steps_per_stage": 600,
-                    "final_stage_steps": 1200,
-                    "latent_ce_weight": 1.0,
-                    "step_decoder": "small",
-                },
-                _lat(1e-3),
+                }
             ),  # fmt: skip
         },
     ),
@@ -171,37 +140,13 @@ RECIPES: dict[str, TaskRecipe] = {
         entries={
             "cot": Entry(BASE_METHOD, minutes=10),
             "nocot": Entry(NO_COT_METHOD, minutes=10),
-            "pause": Entry(
-                "pause",
+            **curriculum_rows(
                 {
                     "c_thought": 1,
                     "max_latent_stage": 3,
                     "steps_per_stage": 200,
                     "final_stage_steps": 400,
-                },
-                _lat(1e-3),
-            ),  # fmt: skip
-            "coconut": Entry(
-                "coconut",
-                {
-                    "c_thought": 1,
-                    "max_latent_stage": 3,
-                    "steps_per_stage": 200,
-                    "final_stage_steps": 400,
-                },
-                _lat(1e-3),
-            ),  # fmt: skip
-            "coconut_sup": Entry(
-                "coconut",
-                {
-                    "c_thought": 1,
-                    "max_latent_stage": 3,
-                    "steps_per_stage": 200,
-                    "final_stage_steps": 400,
-                    "latent_ce_weight": 1.0,
-                    "step_decoder": "small",
-                },
-                _lat(1e-3),
+                }
             ),  # fmt: skip
         },
     ),
