@@ -54,7 +54,8 @@ class Entry:
     train: dict = field(default_factory=dict)
     """``default_train_config`` overrides (steps, lr, batch...)."""
     minutes: float | None = None
-    """Wall-time budget for methods trained by time (the baselines)."""
+    """Wall-time budget of a baseline trained by time; ``None``: by ``train["max_steps"]``
+    (reproducible on any machine, unlike a time budget)."""
 
 
 @dataclass
@@ -120,8 +121,8 @@ RECIPES: dict[str, TaskRecipe] = {
         # 33.3%), usage drops 60-68 points; at 2/3 of them 55.3%, at 1/3 35.0% (Coconut 28.3%,
         # pause 27.0%, their latents bypassed).
         entries={
-            "cot": Entry(BASE_METHOD, minutes=15),
-            "nocot": Entry(NO_COT_METHOD, minutes=10),
+            "cot": Entry(BASE_METHOD, train={"max_steps": 5000, "eval_every": 500}),
+            "nocot": Entry(NO_COT_METHOD, train={"max_steps": 5000, "eval_every": 500}),
             **curriculum_rows(
                 {
                     "c_thought": 1,
@@ -163,8 +164,11 @@ def scaled(entry: Entry, scale: float) -> Entry:
         k: (max(1, math.ceil(v * scale)) if k in STEP_FIELDS and v else v)
         for k, v in entry.config.items()
     }
+    train_overrides = dict(entry.train)
+    if train_overrides.get("max_steps"):
+        train_overrides["max_steps"] = max(1, math.ceil(train_overrides["max_steps"] * scale))
     minutes = entry.minutes * scale if entry.minutes is not None else None
-    return Entry(entry.method, cfg, dict(entry.train), minutes)
+    return Entry(entry.method, cfg, train_overrides, minutes)
 
 
 def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: int):
@@ -179,8 +183,9 @@ def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: in
         return train(entry.method, data, cot, **kwargs)
     mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions)
     tc = default_train_config(seed=seed, progress=False, **entry.train)
+    budget = 60 * entry.minutes if entry.minutes is not None else None
     return train(entry.method, data, model_config=mc, train_config=tc,
-                 time_budget_s=60 * entry.minutes, **kwargs)  # fmt: skip
+                 time_budget_s=budget, **kwargs)  # fmt: skip
 
 
 def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:

@@ -23,6 +23,7 @@ from workbench.data.tasks import generate
 from workbench.data.tokenizer import build_char_tokenizer, special_ids
 from workbench.engine.feedback import (
     FEEDBACK_RULES,
+    GaussianFeedback,
     GumbelFeedback,
     HiddenFeedback,
     PauseFeedback,
@@ -47,6 +48,7 @@ from workbench.engine.stop import (
     EntropyColdStop,
     FixedSteps,
     LearnedStopHead,
+    StepStopHead,
     make_stop,
 )
 from workbench.errors import CheckpointError
@@ -91,6 +93,25 @@ def _pause_vector(seed: int) -> PauseFeedback:
     return fb
 
 
+def _gaussian(seed: int, mode: str) -> GaussianFeedback:
+    """ATP's latent head with weights moved off their init."""
+    torch.manual_seed(seed)
+    fb = GaussianFeedback(D, mode=mode, init_logvar=-2.0)
+    with torch.no_grad():
+        for p in fb.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return fb
+
+
+def _step_stop(seed: int) -> StepStopHead:
+    """ATP's stop head, sharpened so that samples stop at different groups."""
+    torch.manual_seed(seed)
+    head = StepStopHead(D, group=2, min_steps=2)
+    with torch.no_grad():
+        head.net[2].weight.mul_(30.0)
+    return head
+
+
 def _feedback_cases():
     torch.manual_seed(0)
     return {
@@ -100,6 +121,7 @@ def _feedback_cases():
         "superposition": SuperpositionFeedback(top_k=5, temperature=0.7),
         "gumbel": GumbelFeedback(top_k=6, temperature=0.9, gumbel_tau=0.4, noise_scale=0.8),
         "learned_constant": _pause_vector(seed=2),
+        "gaussian": _gaussian(5, "sample"),  # last: it reseeds the global RNG
     }
 
 
@@ -110,6 +132,7 @@ def _stop_cases(sp):
         "cold": EntropyColdStop(tau=100.0, k=2),
         # seeds picked so that the heads stop samples at different steps on this tiny model
         "learned": _stop_head(seed=7),
+        "step_head": _step_stop(seed=1),
         "any": AnyOf(FixedSteps(4), _stop_head(seed=4, min_steps=2)),
     }
 
@@ -319,7 +342,7 @@ def test_config_error_message_style():
     with pytest.raises(ConfigError) as err:
         SuperpositionFeedback(top_k=0)
     assert str(err.value) == "SuperpositionFeedback.top_k = 0: expected a number >= 1"
-    with pytest.raises(ConfigError, match=r"one of \['gumbel', 'hidden'"):
+    with pytest.raises(ConfigError, match=r"one of \['gaussian', 'gumbel', 'hidden'"):
         make_feedback("nope")
 
 

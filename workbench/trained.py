@@ -3,8 +3,9 @@
 Every method's train function returns a :class:`TrainedModel`; notebooks, the CLI and the demo
 evaluate, inspect and save it the same way. A saved folder holds ``save_pretrained``
 safetensors, the tokenizer, ``spec.safetensors`` (every trainable part of the inference spec:
-a projection, a learned stop head) and ``workbench_method.json`` (method, task, spec rules by
-name and config, meta), written atomically as one folder. Nothing is unpickled on load.
+a projection, a learned stop head), ``parts/<name>/`` for each auxiliary model a method keeps
+(ATP-Latent's step decoder), and ``workbench_method.json`` (method, task, spec rules by name and
+config, meta), written atomically as one folder. Nothing is unpickled on load.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from workbench.errors import CheckpointError, MissingFileError
 from workbench.io import atomic_folder
 from workbench.models.build import load_local_model
 
+PARTS_DIR = "parts"
+"""Sub-folder of the auxiliary models (:attr:`TrainedModel.parts`)."""
 METHOD_FILE = "workbench_method.json"
 """The method description inside a saved folder."""
 FORMAT_VERSION = 1
@@ -49,15 +52,18 @@ class TrainedModel:
     task: str = "multiplication"
     test_examples: list[Example] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    parts: dict[str, PreTrainedModel] = field(default_factory=dict)
+    """Auxiliary models the method keeps beside the LM, by name (ATP-Latent's
+    ``step_decoder``); each is saved under ``parts/<name>/`` with ``save_pretrained``."""
 
     def evaluate(self, examples=None, **kwargs):
-        """Evaluate on ``examples`` (default: the test split it was trained with)."""
+        """Evaluate on ``examples`` (default: the test split it was trained with); ``spec=``
+        overrides the model's own (e.g. ATP's sampled mode)."""
         from workbench.eval.evaluator import evaluate
 
         examples = examples if examples is not None else self.test_examples
-        return evaluate(
-            self.model, self.tokenizer, examples, spec=self.spec, method=self.method, **kwargs
-        )
+        kwargs.setdefault("spec", self.spec)
+        return evaluate(self.model, self.tokenizer, examples, method=self.method, **kwargs)
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write model, tokenizer, spec parts and method description to ``path`` atomically.
@@ -70,6 +76,9 @@ class TrainedModel:
             model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             parts = save_spec_parts(self.spec, tmp) if self.spec is not None else []
+            for name, part in self.parts.items():
+                part = part if dtype is None else copy.deepcopy(part).to(dtype)
+                part.save_pretrained(tmp / PARTS_DIR / name, safe_serialization=True)
             desc = {
                 "format_version": FORMAT_VERSION,
                 "workbench_version": __version__,
@@ -77,6 +86,7 @@ class TrainedModel:
                 "task": self.task,
                 "spec": spec_to_dict(self.spec),
                 "spec_parts": parts,
+                "parts": sorted(self.parts),
                 "meta": self.meta,
             }
             (tmp / METHOD_FILE).write_text(json.dumps(desc, indent=2, default=str))
@@ -129,6 +139,15 @@ class TrainedModel:
                 f"{path}/{METHOD_FILE}: the inference spec cannot be rebuilt ({err}); re-save the "
                 "model with this workbench version"
             ) from err
+        parts = {}
+        for name in desc.get("parts", []):
+            where = path / PARTS_DIR / str(name)
+            if not (where / "config.json").exists():
+                raise CheckpointError(
+                    f"{path}/{METHOD_FILE} lists the part {name!r}, but {where} holds no model; "
+                    f"{fix}"
+                )
+            parts[str(name)] = load_local_model(where, tok)
         hist_file = path / "history.csv"
         hist = pd.read_csv(hist_file) if hist_file.exists() else None
         return cls(
@@ -140,6 +159,7 @@ class TrainedModel:
             desc.get("task", ""),
             test_examples or [],
             desc.get("meta", {}),
+            parts,
         )
 
 

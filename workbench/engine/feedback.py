@@ -11,6 +11,10 @@ Every latent method differs mainly here (RESEARCH Part A section 6, "LatentLoop"
 * ``gumbel``: LEPO / Latent-SFT's perturbed teachers; Gumbel noise on the top-k logits before the
   softmax at temperature ``tau_g`` (RESEARCH Part B 2(b), Part A 1.3). Probabilities stay fp32
   (LEPO casts them to bf16: RESEARCH Part B 2(d).5).
+* ``gaussian`` (:class:`GaussianFeedback`): ATP-Latent's conditional-VAE latent policy; an MLP
+  + LayerNorm trunk with mu and log sigma^2 heads reads the hidden state, and the latent fed is
+  ``mu + sigma * eps`` (``mode="sample"``) or ``mu`` (``mode="mean"``) (RESEARCH Part B 1(b)).
+  It reports ``mu`` and ``logvar`` per latent in :attr:`Feedback.stats`.
 * ``learned_constant`` (:class:`PauseFeedback`): pause tokens; one learned vector at every latent
   slot, whatever the hidden state. The control that tells whether the fed state carries
   information (RESEARCH Part A 7, item 3; Coconut's "pause as thought", Part A 2.3).
@@ -47,11 +51,15 @@ from workbench.engine.rules import Rule, build_rule, check_float, check_int
 
 @dataclass
 class Feedback:
-    """What a rule feeds: ``embeds`` [B, d]; top-k ``ids``/``probs`` [B, k] when it mixes tokens."""
+    """What a rule feeds: ``embeds`` [B, d]; top-k ``ids``/``probs`` [B, k] when it mixes tokens;
+    ``stats``: per-sample tensors [B, ...] the rule wants recorded (e.g. a Gaussian's ``mu`` and
+    ``logvar``), stacked per latent by the engine (``Trace.latent_stats``) and the training
+    forward (``LatentForward.stats``)."""
 
     embeds: torch.Tensor
     ids: torch.Tensor | None = None
     probs: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] | None = None
 
 
 class FeedbackRule(Rule):
@@ -208,6 +216,77 @@ class GumbelFeedback(FeedbackRule):
         return f"gumbel(k={self.top_k}, tau_g={self.gumbel_tau})"
 
 
+GAUSSIAN_MODES = ("sample", "mean")
+
+
+class GaussianFeedback(FeedbackRule):
+    """ATP-Latent's latent policy ``q(l_t | question, l_<t) = N(mu, diag sigma^2)``.
+
+    ``trunk = Linear(d,d) -> GELU -> Linear(d,d) -> LayerNorm(d)`` reads the hidden state before
+    the latent slot; ``mu = Linear(d,d)(trunk)``, ``logvar = Linear(d,d)(trunk)`` (ATP's
+    ``LatentPolicy``, RESEARCH Part B 1(b)). ``mode="sample"`` feeds the reparameterised
+    ``mu + exp(logvar / 2) * eps`` (``eps`` from the engine's ``generator``; differentiable in
+    ``mu`` and ``logvar``), ``mode="mean"`` feeds ``mu`` (the deterministic mode; ATP samples at
+    evaluation too, pitfall 3). The log-variance head's bias starts at ``init_logvar``.
+
+    Deviation: ATP's heads start at PyTorch's default init (sigma about 1 against a unit-scale
+    mu); ``init_logvar = -4`` (sigma 0.14) lets the decoder read the latents from the first
+    step, and the KL term still pulls sigma towards 1. ``init_logvar = 0`` is ATP's scale.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, d_model: int, mode: str = "sample", init_logvar: float = -4.0):
+        super().__init__()
+        self.d_model, self.mode, self.init_logvar = d_model, mode, init_logvar
+        check_int(self, "d_model", ge=1)
+        check_that(self, "mode", mode in GAUSSIAN_MODES, f"one of {list(GAUSSIAN_MODES)}")
+        check_float(self, "init_logvar", ge=-20.0, le=5.0)
+        d = self.d_model
+        self.trunk = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.LayerNorm(d))
+        self.mu = nn.Linear(d, d)
+        self.logvar = nn.Linear(d, d)
+        with torch.no_grad():
+            self.logvar.weight.mul_(0.1)
+            self.logvar.bias.fill_(self.init_logvar)
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.mode == "sample"
+
+    def distribution(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` [..., d] of the latent after ``hidden`` (with gradients)."""
+        x = self.trunk(hidden.to(self.mu.weight.dtype))
+        return self.mu(x), self.logvar(x)
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        mu, logvar = self.distribution(hidden)
+        z = mu
+        if self.mode == "sample":
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps
+        return Feedback(z, stats={"mu": mu, "logvar": logvar})
+
+    def with_mode(self, mode: str) -> GaussianFeedback:
+        """The same heads (shared parameters, not copies) in another ``mode``."""
+        other = GaussianFeedback(self.d_model, mode, self.init_logvar)
+        other.trunk, other.mu, other.logvar = self.trunk, self.mu, self.logvar
+        return other
+
+    def config(self) -> dict:
+        return {"d_model": self.d_model, "mode": self.mode, "init_logvar": self.init_logvar}
+
+    def describe(self) -> str:
+        return f"gaussian({self.mode})"
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, sigma^2) || N(0, I))`` per dimension, ``(mu^2 + sigma^2 - 1 - log sigma^2)/2``
+    (fp32); sum over the last axis for the per-latent KL."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 class PauseFeedback(FeedbackRule):
     """Pause tokens: one learned vector ``[d_model]`` fed at every latent slot.
 
@@ -331,6 +410,7 @@ FEEDBACK_RULES: dict[str, type[FeedbackRule]] = {
         ProjectedFeedback,
         SuperpositionFeedback,
         GumbelFeedback,
+        GaussianFeedback,
         PauseFeedback,
     )
 }
@@ -338,8 +418,8 @@ FEEDBACK_RULES: dict[str, type[FeedbackRule]] = {
 
 
 def make_feedback(name: str, **config) -> FeedbackRule:
-    """Build a registered rule by name from its config (``projected`` and ``learned_constant``
-    need ``d_model``).
+    """Build a registered rule by name from its config (``projected``, ``gaussian`` and
+    ``learned_constant`` need ``d_model``).
 
     Unknown names, unknown or missing keys and values out of range are a
     :class:`~workbench.config.ConfigError` naming them.

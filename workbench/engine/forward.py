@@ -43,6 +43,16 @@ class LatentForward:
     """[B, n, k] their weights."""
     latent_embeds: torch.Tensor | None = None
     """[B, n, d] embeddings fed at the latent columns (garbage where a sample has no latent)."""
+    stats: dict[str, torch.Tensor] | None = None
+    """The rule's :attr:`~workbench.engine.feedback.Feedback.stats` per latent column, each
+    ``[B, n, ...]`` (e.g. a Gaussian rule's ``mu`` and ``logvar``, with gradients)."""
+
+
+def _stack_stats(stats: list[dict | None]) -> dict[str, torch.Tensor] | None:
+    """Per-column ``Feedback.stats`` dicts -> one dict of ``[B, n, ...]`` tensors."""
+    if not stats or stats[0] is None:
+        return None
+    return {k: torch.stack([s[k] for s in stats], 1) for k in stats[0]}
 
 
 def _feed(feedback, h_prev, head, emb_w, generator):
@@ -82,12 +92,13 @@ def latent_forward(
     )
     hidden = [out.last_hidden_state]
     h_prev = out.last_hidden_state[:, -1]
-    wid, wp, fed = [], [], []
+    wid, wp, fed, stats = [], [], [], []
     for i in range(n):
         col = c0 + i
         fb = _feed(feedback, h_prev, head, emb_layer.weight, generator)
         x = torch.where(lat[:, col, None], fb.embeds.to(embeds.dtype), embeds[:, col])
         fed.append(fb.embeds)
+        stats.append(fb.stats)
         if fb.ids is not None:
             wid.append(fb.ids), wp.append(fb.probs)
         out = base(
@@ -115,6 +126,7 @@ def latent_forward(
         torch.stack(wid, 1) if wid else None,
         torch.stack(wp, 1) if wp else None,
         torch.stack(fed, 1),
+        _stack_stats(stats),
     )
 
 
@@ -136,7 +148,7 @@ def naive_latent_forward(
     embeds = emb_layer(ids)
     n = int(batch["n_latent"].max()) if lat.any() else 0
     c0 = int(batch["latent_start"]) if n else 0
-    wid, wp, fed = [], [], []
+    wid, wp, fed, stats = [], [], [], []
     for i in range(n):
         col = c0 + i
         h = base(
@@ -146,6 +158,7 @@ def naive_latent_forward(
         x = torch.where(lat[:, col, None], fb.embeds.to(embeds.dtype), embeds[:, col])
         embeds = torch.cat([embeds[:, :col], x[:, None], embeds[:, col + 1 :]], 1)
         fed.append(fb.embeds)
+        stats.append(fb.stats)
         if fb.ids is not None:
             wid.append(fb.ids), wp.append(fb.probs)
     h = base(
@@ -157,6 +170,7 @@ def naive_latent_forward(
         torch.stack(wid, 1) if wid else None,
         torch.stack(wp, 1) if wp else None,
         torch.stack(fed, 1) if fed else None,
+        _stack_stats(stats),
     )
 
 

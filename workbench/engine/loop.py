@@ -168,6 +168,7 @@ def run_latent(
     rec: dict[str, list] = {
         k: [] for k in ("ids", "probs", "ent", "stop", "fed", "emb", "wid", "wp", "hs", "logits")
     }
+    stats: dict[str, list] = {}
     stop.reset(B, dev)
     feedback.reset(B, dev)  # rules that replay recorded steps count their calls from here
     for t in range(max_latent_steps + 1):
@@ -184,6 +185,8 @@ def run_latent(
         if bool(finished.all()):
             rec["fed"].append(torch.zeros_like(finished))
             rec["emb"].append(torch.zeros_like(h))
+            for v in stats.values():
+                v.append(torch.zeros_like(v[-1]))
             if rec["wid"]:
                 (
                     rec["wid"].append(torch.zeros_like(rec["wid"][-1])),
@@ -196,6 +199,8 @@ def run_latent(
         rec["fed"].append(active), rec["emb"].append(e)
         if fb.ids is not None:
             rec["wid"].append(fb.ids), rec["wp"].append(fb.probs.float())
+        for k, v in (fb.stats or {}).items():
+            stats.setdefault(k, []).append(v.float() * active.view(-1, *[1] * (v.ndim - 1)))
         out, _ = step(embeds=e[:, None], active=active)
         h = torch.where(active[:, None], out.last_hidden_state[:, -1], h)
         if record_hidden:
@@ -245,6 +250,7 @@ def run_latent(
         weight_probs=st("wp"),
         hidden_states=st("hs"),
         logits=st("logits"),
+        latent_stats={k: torch.stack(v, 1).cpu() for k, v in stats.items()},
         feedback=feedback.describe(),
         stop_rule=stop.describe(),
     )

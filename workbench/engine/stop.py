@@ -11,6 +11,9 @@ RESEARCH Part A section 6, "Pluggable stop rules":
 * :class:`LearnedStopHead`: a ``Linear(d, 1)`` on the hidden state; stop when its sigmoid
   reaches ``threshold`` (ATP-Latent's stop head, trained through
   :meth:`~LearnedStopHead.stop_logit`).
+* :class:`StepStopHead`: ATP-Latent's stop policy, ``Linear(d,d) -> GELU -> Linear(d,2)`` on
+  the hidden state, consulted only at step-group boundaries (every ``group`` latents); argmax
+  (evaluation) or a Bernoulli sample from its own seeded generator (RL) (RESEARCH Part B 1(b)).
 * :class:`AnyOf`: the first of several rules. ``max_steps`` lives in the engine itself.
 
 A rule is called once per step with the step index ``t`` (latents fed so far), the hidden
@@ -173,6 +176,85 @@ class LearnedStopHead(StopRule):
         return f"learned-stop(p>={self.threshold})"
 
 
+STOP_HEAD_MODES = ("argmax", "sample")
+
+
+class StepStopHead(StopRule):
+    """ATP-Latent's ``STOPPolicy``: 2-way logits ``[continue, stop]`` from the hidden state.
+
+    Consulted at reads ``t`` with ``t % group == 0`` (``t`` = latents fed so far, so after every
+    whole step of ``group`` latents, and once before the first) and ``t >= min_steps``; between
+    boundaries it never stops. ``mode="argmax"`` stops when ``stop`` has the larger logit,
+    ``"sample"`` draws the Bernoulli stop action from a generator seeded with ``seed`` at every
+    :meth:`reset` (reproducible rollouts). :meth:`stop_logits` is the differentiable score a
+    method trains. Its weights are its ``state_dict`` (saved by ``save_spec_parts``).
+
+    Deviation: ATP applies the head to the sampled latent ``l_t``; here it reads the hidden
+    state after ``l_t`` (the engine's read position), which has seen ``l_t`` and everything
+    before it.
+    """
+
+    name = "step_head"
+
+    def __init__(
+        self, d_model: int, group: int = 1, min_steps: int = 0, mode: str = "argmax", seed: int = 0
+    ):
+        super().__init__()
+        self.d_model, self.group, self.min_steps = d_model, group, min_steps
+        self.mode, self.seed = mode, seed
+        check_int(self, "d_model", ge=1)
+        check_int(self, "group", ge=1)
+        check_int(self, "min_steps", ge=0)
+        check_that(self, "mode", mode in STOP_HEAD_MODES, f"one of {list(STOP_HEAD_MODES)}")
+        check_int(self, "seed", ge=0)
+        d = self.d_model
+        self.net = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
+        self._gen: torch.Generator | None = None
+
+    def stop_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., 2]`` logits (continue, stop) of hidden states ``[..., d]`` (with gradients)."""
+        return self.net(hidden.to(self.net[0].weight.dtype))
+
+    def is_boundary(self, t: int) -> bool:
+        """Whether read ``t`` is a step-group boundary where the head is consulted."""
+        return t % self.group == 0 and t >= self.min_steps
+
+    def reset(self, batch_size, device):
+        if self.mode == "sample":
+            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+
+    def forward(self, t, hidden, logits, entropy):
+        if not self.is_boundary(t):
+            return torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        lg = self.stop_logits(hidden).float()
+        if self.mode == "argmax":
+            return lg[:, 1] > lg[:, 0]
+        if self._gen is None:
+            self.reset(hidden.shape[0], hidden.device)
+        p_stop = torch.softmax(lg, -1)[:, 1]
+        u = torch.rand(p_stop.shape, generator=self._gen, device=hidden.device)
+        return u < p_stop
+
+    def with_mode(self, mode: str, seed: int | None = None) -> StepStopHead:
+        """The same head (shared parameters) in another ``mode``."""
+        seed = self.seed if seed is None else seed
+        other = StepStopHead(self.d_model, self.group, self.min_steps, mode, seed)
+        other.net = self.net
+        return other
+
+    def config(self) -> dict:
+        return {
+            "d_model": self.d_model,
+            "group": self.group,
+            "min_steps": self.min_steps,
+            "mode": self.mode,
+            "seed": self.seed,
+        }
+
+    def describe(self) -> str:
+        return f"step-stop-head(every {self.group}, {self.mode})"
+
+
 class AnyOf(StopRule):
     """Stop as soon as any of ``rules`` says stop.
 
@@ -225,7 +307,8 @@ class AnyOf(StopRule):
 
 
 STOP_RULES: dict[str, type[StopRule]] = {
-    cls.name: cls for cls in (FixedSteps, ArgmaxToken, EntropyColdStop, LearnedStopHead, AnyOf)
+    cls.name: cls
+    for cls in (FixedSteps, ArgmaxToken, EntropyColdStop, LearnedStopHead, StepStopHead, AnyOf)
 }
 """Stop rules by ``name``: ``STOP_RULES[r.name].from_config(r.config())`` rebuilds ``r``."""
 

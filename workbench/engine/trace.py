@@ -44,6 +44,9 @@ class Trace:
     layer entry is after the final norm, as HF returns it."""
     logits: torch.Tensor | None = None
     """[B, S, V] full logits at each read (``record_logits=True``), for exact lens statistics."""
+    latent_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The feedback rule's per-latent statistics, each [B, S, ...] (zeros where not fed), e.g. a
+    Gaussian rule's ``mu`` and ``logvar`` (fp32)."""
     feedback: str = ""
     stop_rule: str = ""
     meta: dict = field(default_factory=dict)
@@ -71,6 +74,7 @@ class Trace:
             weight_probs=pick(self.weight_probs),
             hidden_states=pick(self.hidden_states),
             logits=pick(self.logits),
+            latent_stats={k: v[index] for k, v in self.latent_stats.items()},
             feedback=self.feedback,
             stop_rule=self.stop_rule,
             meta=dict(self.meta),
@@ -106,8 +110,8 @@ class Trace:
         S = max(t.num_steps for t in traces)
         P = max(t.prompt_ids.shape[1] for t in traces)
 
-        def cat(name, fill=0, left=False, width=None):
-            xs = [getattr(t, name) for t in traces]
+        def cat(name, fill=0, left=False, width=None, xs=None):
+            xs = [getattr(t, name) for t in traces] if xs is None else xs
             if any(x is None for x in xs):
                 return None
             out = []
@@ -135,6 +139,10 @@ class Trace:
             weight_probs=cat("weight_probs"),
             hidden_states=cat("hidden_states"),
             logits=cat("logits"),
+            latent_stats={
+                k: cat(k, xs=[t.latent_stats.get(k) for t in traces])
+                for k in traces[0].latent_stats
+            },
             feedback=traces[0].feedback,
             stop_rule=traces[0].stop_rule,
             meta=dict(traces[0].meta),

@@ -36,6 +36,7 @@ _MODULES: dict[str, str] = {
     "latent_sft": "workbench.methods.latent_sft",
     "pause": "workbench.methods.pause",
     "icot": "workbench.methods.icot",
+    "atp": "workbench.methods.atp",
 }
 """Method name -> module exporting its ``RECORD``."""
 

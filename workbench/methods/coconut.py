@@ -248,13 +248,18 @@ def latent_step_nll(logits: torch.Tensor, batch: dict, c: int) -> torch.Tensor:
     return (nll * m).sum() / m.sum().clamp(min=1)
 
 
-def step_decoder_nll(decoder, latent_embeds: torch.Tensor, batch: dict, c: int) -> torch.Tensor:
+def step_decoder_nll(
+    decoder, latent_embeds: torch.Tensor, batch: dict, c: int, end_id: int | None = None
+) -> torch.Tensor:
     """CE of ``decoder`` writing each replaced step from that step's ``c`` fed latents.
 
     One batched teacher-forced pass over every (sample, step) pair: inputs are
-    ``[z_1..z_c, step tokens]`` (``inputs_embeds``), labels the step tokens.
+    ``[z_1..z_c, step tokens]`` (``inputs_embeds``), labels the step tokens, followed by
+    ``end_id`` when given (so a greedy decode knows where the step ends).
     """
     ids, lens = batch["step_ids"], batch["step_len"]
+    if end_id is not None:
+        ids, lens = _append_end(ids, lens, end_id)
     B, S, L = ids.shape
     n = latent_embeds.shape[1]
     n_steps = min(S, n // c)
@@ -280,6 +285,14 @@ def step_decoder_nll(decoder, latent_embeds: torch.Tensor, batch: dict, c: int) 
     return torch.nn.functional.cross_entropy(
         pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100
     )
+
+
+def _append_end(ids: torch.Tensor, lens: torch.Tensor, end_id: int):
+    """``step_ids``/``step_len`` with ``end_id`` written after every non-empty step."""
+    B, S, L = ids.shape
+    out = torch.cat([ids, ids.new_zeros(B, S, 1)], 2)
+    at_end = (torch.arange(L + 1)[None, None, :] == lens[:, :, None]) & (lens[:, :, None] > 0)
+    return out.masked_fill(at_end, end_id), torch.where(lens > 0, lens + 1, lens)
 
 
 def make_step_decoder(cfg: CoconutConfig, model, tokenizer, seed: int = 0):
