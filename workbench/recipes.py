@@ -1,0 +1,172 @@
+"""Per-task recipes: the data, model and per-method settings found by measurement.
+
+One :class:`TaskRecipe` per task names the rows a comparison trains (a registered method and
+its settings; ``coconut_sup`` is Coconut with step supervision) and which of them ``make
+checkpoints`` ships under ``checkpoints/<task>/<row>``. ``benchmarks/compare_methods.py`` trains
+and scores every row; :mod:`workbench.checkpoints` builds the shipped ones; the demo and the
+notebooks load those. The numbers each setting reached are in README Results and in the
+methods' docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from workbench.methods import BASE_METHOD, NO_COT_METHOD, get_method
+
+
+@dataclass
+class Entry:
+    """One row of the comparison: a registered method and its settings for this task."""
+
+    method: str
+    config: dict = field(default_factory=dict)
+    """Fields of the method's config dataclass."""
+    train: dict = field(default_factory=dict)
+    """``default_train_config`` overrides (steps, lr, batch...)."""
+    minutes: float | None = None
+    """Wall-time budget of a baseline trained by time; ``None``: by ``train["max_steps"]``
+    (reproducible on any machine, unlike a time budget)."""
+
+
+@dataclass
+class TaskRecipe:
+    """Data, model and per-method settings of one task (measured; see README Results)."""
+
+    difficulty: dict
+    train_size: int
+    d_model: int
+    entries: dict[str, Entry]
+    max_positions: int = 256
+    shipped: tuple[str, ...] = ()
+    """Rows ``make checkpoints`` trains and stores under ``checkpoints/<task>/<row>``."""
+
+
+def _lat(lr: float, **kw) -> dict:
+    return {"lr": lr, "warmup_steps": 20, "eval_every": None, "progress": False, **kw}
+
+
+SUPERVISION = {"latent_ce_weight": 1.0, "step_decoder": "small"}
+"""Step supervision of the ``coconut_sup`` rows (RESEARCH Part A 7)."""
+
+
+def curriculum_rows(stages: dict, lr: float = 1e-3) -> dict[str, Entry]:
+    """pause, Coconut and step-supervised Coconut under one curriculum (CoconutConfig fields)."""
+    return {
+        "pause": Entry("pause", dict(stages), _lat(lr)),
+        "coconut": Entry("coconut", dict(stages), _lat(lr)),
+        "coconut_sup": Entry("coconut", {**stages, **SUPERVISION}, _lat(lr)),
+    }
+
+
+ARITHMETIC_STAGES = {
+    "c_thought": 1,
+    "max_latent_stage": 4,
+    "steps_per_stage": 600,
+    "final_stage_steps": 1200,
+}
+"""The arithmetic curriculum (4 stages, 3,000 steps) of the latent rows."""
+ATP_SUPERVISION = {"step_decoder": "small", "latent_ce_weight": 1.0, "kl_weight": 1e-3}
+"""ATP's step decoder (small, like ``coconut_sup``'s) plus the per-latent CE that made Coconut's
+latents carry the chain here."""
+
+RECIPES: dict[str, TaskRecipe] = {
+    "multiplication": TaskRecipe(
+        difficulty={"digits_a": 3},
+        train_size=50_000,
+        d_model=128,
+        entries={
+            "cot": Entry(BASE_METHOD, minutes=10),
+            "nocot": Entry(NO_COT_METHOD, minutes=10),
+            "icot": Entry(
+                "icot",
+                {"tokens_per_removal": 8, "steps_per_removal": 400, "final_steps": 400},
+                _lat(5e-4),
+            ),
+            **curriculum_rows({"c_thought": 2, "steps_per_stage": 300, "final_stage_steps": 500}),
+            "latent_sft": Entry(
+                "latent_sft",
+                {
+                    "encoder_steps": 50,
+                    "decoder_steps": 300,
+                    "union_steps": 300,
+                    "stage2_steps": 500,
+                },
+            ),
+        },
+    ),
+    "arithmetic": TaskRecipe(
+        # single-digit operands, results <= 40, 2-4 steps: at the default difficulty (operands
+        # to 20, up to 5 steps) a d=128 CoT model reached 8.4% after 8 minutes; here 27%.
+        difficulty={"max_value": 9, "max_result": 40, "min_steps": 2, "max_steps": 4},
+        train_size=50_000,
+        d_model=128,
+        # Coconut + step supervision at these budgets: 77.0% with 4 latents (CoT 64.3%, no-CoT
+        # 33.3%), usage drops 60-68 points; at 2/3 of them 55.3%, at 1/3 35.0% (Coconut 28.3%,
+        # pause 27.0%, their latents bypassed).
+        entries={
+            "cot": Entry(BASE_METHOD, train={"max_steps": 5000, "eval_every": 500}),
+            "nocot": Entry(NO_COT_METHOD, train={"max_steps": 5000, "eval_every": 500}),
+            **curriculum_rows(ARITHMETIC_STAGES),
+            # the same curriculum and step supervision; stop head, Gaussian latents, KL 1e-3
+            "atp": Entry("atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
+        },
+        shipped=("cot", "nocot", "coconut_sup", "atp"),
+    ),
+    "graph": TaskRecipe(
+        difficulty={"n_concepts": 12, "min_depth": 2, "max_depth": 3},
+        train_size=50_000,
+        d_model=128,
+        max_positions=512,
+        entries={
+            "cot": Entry(BASE_METHOD, minutes=10),
+            "nocot": Entry(NO_COT_METHOD, minutes=10),
+            **curriculum_rows(
+                {
+                    "c_thought": 1,
+                    "max_latent_stage": 3,
+                    "steps_per_stage": 200,
+                    "final_stage_steps": 400,
+                }
+            ),  # fmt: skip
+        },
+    ),
+}
+STEP_FIELDS = (
+    "steps_per_stage", "final_stage_steps", "cot_steps", "steps_per_removal", "final_steps",
+    "encoder_steps", "decoder_steps", "union_steps", "stage2_steps",
+)  # fmt: skip
+
+
+def scaled(entry: Entry, scale: float) -> Entry:
+    """``entry`` with every step budget and time budget multiplied by ``scale``."""
+    cfg = {
+        k: (max(1, math.ceil(v * scale)) if k in STEP_FIELDS and v else v)
+        for k, v in entry.config.items()
+    }
+    train_overrides = dict(entry.train)
+    if train_overrides.get("max_steps"):
+        train_overrides["max_steps"] = max(1, math.ceil(train_overrides["max_steps"] * scale))
+    minutes = entry.minutes * scale if entry.minutes is not None else None
+    return Entry(entry.method, cfg, train_overrides, minutes)
+
+
+def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: int):
+    """Train one entry (baselines by time or steps, latent methods by steps from ``cot``)."""
+    from workbench.experiment import default_train_config, train
+    from workbench.models.build import ModelConfig
+
+    record = get_method(entry.method)
+    kwargs: dict = {"seed": seed}
+    if record.config_cls is not None:
+        kwargs["config"] = record.config_cls(**{**entry.config, "seed": seed})
+    if record.needs_base:
+        if entry.train:
+            kwargs["train_config"] = default_train_config(seed=seed, **entry.train)
+        return train(entry.method, data, cot, **kwargs)
+    mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions)
+    tc = default_train_config(seed=seed, progress=False, **entry.train)
+    budget = 60 * entry.minutes if entry.minutes is not None else None
+    return train(entry.method, data, model_config=mc, train_config=tc,
+                 time_budget_s=budget, **kwargs)  # fmt: skip
