@@ -8,6 +8,12 @@ trained here, from scratch, on the package's own synthetic data; nothing is down
 
 The recipes live in each method's file; change one there, rebuild with ``make checkpoints`` and
 the notebooks pick the new model up.
+
+Other tasks ship the rows their :mod:`workbench.recipes` entry lists in ``shipped``, under
+``checkpoints/<task>/<row>`` (:func:`build_task_checkpoints`): on arithmetic CoT, no-CoT,
+Coconut with step supervision (``coconut_sup``) and ATP-Latent, trained exactly as
+``benchmarks/compare_methods.py`` trains them (same data, settings and seed), so a benchmark run's
+``--out`` folder can be stored as the shipped set without retraining (``reuse``).
 """
 
 from __future__ import annotations
@@ -107,4 +113,58 @@ def build_checkpoints(
         tm = train(name, method_data, cot, seed=seed, **kwargs)
         tm.meta["data"] = data.describe()  # the splits to regenerate: train_size of the full set
         finish(tm, t0)
+    return summaries
+
+
+def build_task_checkpoints(
+    task: str,
+    out_dir: str | Path | None = None,
+    *,
+    rows: tuple[str, ...] | None = None,
+    seed: int = 0,
+    test_size: int = 500,
+    reuse: str | Path | None = None,
+) -> dict[str, dict]:
+    """Train (or take from ``reuse``) and store the shipped rows of ``task``'s recipe.
+
+    ``reuse`` is a folder holding ``<row>/`` models saved by ``compare_methods.py --out``
+    (``<out>/<task>``): those rows are loaded and stored instead of retrained. Every model is
+    scored on the recipe's test split and stored in fp16 under ``<out_dir>/<task>/<row>``.
+    """
+    from workbench.recipes import RECIPES, train_entry
+    from workbench.trained import METHOD_FILE
+
+    if task not in RECIPES or not RECIPES[task].shipped:
+        tasks = sorted(t for t, r in RECIPES.items() if r.shipped)
+        raise ConfigError(f"task = {task!r}: no shipped recipe rows; expected one of {tasks}")
+    recipe = RECIPES[task]
+    rows = recipe.shipped if rows is None else tuple(rows)
+    unknown = [r for r in rows if r not in recipe.shipped]
+    if unknown:
+        raise ConfigError(f"rows = {unknown}: not shipped for {task}; expected {recipe.shipped}")
+    out = (Path(out_dir) if out_dir else checkpoints_dir()) / task
+    data = prepare_data(task, train_size=recipe.train_size, test_size=test_size, seed=seed,
+                        **recipe.difficulty)  # fmt: skip
+    summaries: dict[str, dict] = {}
+    cot = None
+    for row in (BASE_METHOD, *[r for r in rows if r != BASE_METHOD]):
+        stored = out / row
+        src = Path(reuse) / row if reuse else None
+        t0 = time.perf_counter()
+        if row not in rows:  # the CoT base of a latent row that is rebuilt alone
+            cot = TrainedModel.load(stored, data.test)
+            continue
+        if src is not None and (src / METHOD_FILE).exists():
+            tm = TrainedModel.load(src, data.test)
+            print(f"[checkpoints] {task}/{row}: reusing {src}", flush=True)
+        else:
+            tm = train_entry(row, recipe.entries[row], data, cot, recipe, seed)
+            tm.meta["train_minutes"] = (time.perf_counter() - t0) / 60
+        if row == BASE_METHOD:
+            cot = tm
+        res = tm.evaluate(data.test)
+        tm.meta.update(test_accuracy=res.summary["accuracy"], recipe_row=row)
+        tm.save(stored, dtype=torch.float16)
+        summaries[row] = {**res.summary, "saved": str(stored)}
+        print(json.dumps({"task": task, "row": row, **summaries[row]}), flush=True)
     return summaries

@@ -202,15 +202,25 @@ def cmd_build_checkpoints(args) -> int:
     """Train the models the notebooks start from and store them (fp16) under checkpoints/."""
     import torch
 
-    from workbench.checkpoints import build_checkpoints
+    from workbench.checkpoints import build_checkpoints, build_task_checkpoints
+    from workbench.experiment import SHIPPED_TASK
+    from workbench.recipes import RECIPES
 
     torch.set_num_threads(args.threads)
     methods = None
     if args.methods:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    summaries = build_checkpoints(
-        args.out, methods=methods, cot_minutes=args.minutes, d_model=args.d_model, seed=args.seed
-    )
+    tasks = [SHIPPED_TASK, *(t for t, r in RECIPES.items() if r.shipped and t != SHIPPED_TASK)]
+    if args.task != "all":
+        tasks = [args.task]
+    summaries = {}
+    for task in tasks:
+        if task == SHIPPED_TASK:
+            summaries[task] = build_checkpoints(args.out, methods=methods, cot_minutes=args.minutes,
+                                                d_model=args.d_model, seed=args.seed)  # fmt: skip
+        else:
+            summaries[task] = build_task_checkpoints(task, args.out, rows=methods, seed=args.seed,
+                                                     reuse=args.reuse)  # fmt: skip
     print(json.dumps(summaries))
     return 0
 
@@ -261,8 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sweep)
 
     m = sub.add_parser(
-        "demo", help="train CoT, no-CoT and Coconut on 3x3 multiplication and compare (~10 min)"
+        "demo",
+        help="compare CoT, no-CoT and the shipped latent models on arithmetic (a few minutes); "
+        "--source train trains CoT, no-CoT and Coconut here instead",
     )
+    m.add_argument("--source", choices=["shipped", "train"]), m.add_argument("--task")
     m.add_argument("--cot-minutes", type=float), m.add_argument("--nocot-minutes", type=float)
     (
         m.add_argument("--test-size", type=int),
@@ -284,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset to (re)build (default: every method with a recipe)",
     )
     b.add_argument("--out", help="folder holding one subfolder per method (default checkpoints/)")
+    b.add_argument(
+        "--task",
+        default="all",
+        help="multiplication (checkpoints/<method>), a recipe task such as arithmetic "
+        "(checkpoints/<task>/<row>), or all (default)",
+    )
+    b.add_argument(
+        "--reuse",
+        help="a compare_methods.py --out <dir>/<task> folder: store its trained rows instead of "
+        "retraining them",
+    )
     (
         b.add_argument("--d-model", type=int, default=128),
         b.add_argument("--threads", type=int, default=2),

@@ -1,15 +1,22 @@
-"""The main job on the embedded default: CoT, no-CoT and Coconut on 3x3 multiplication, compared.
+"""The main job on the embedded default: CoT, no-CoT and the latent methods that work, compared.
 
-Trains the explicit-CoT and the answer-only baselines from scratch, then a short Coconut
-curriculum from the CoT model, scores all three on the same held-out problems and writes a run
-folder with ``results.csv`` (one row per method), per-example predictions, the learning
-histories, plotly figures (HTML, offline), the static latent-trajectory report
-(``latent_trajectories.html``, viewable without a kernel) and ``metrics.json``; then prints the
-table. About 10 minutes on 2 CPU cores with the defaults.
+``source="shipped"`` (the default) loads the shipped models of the task where latents work best,
+arithmetic chains (``checkpoints/arithmetic``: CoT, no-CoT, Coconut with step supervision and
+ATP-Latent, trained by the recipes of :mod:`workbench.recipes`; their training takes about an
+hour on 2 cores, rebuilt by ``make checkpoints``), scores them on the same held-out problems with
+the latent-usage ablations, and decodes the best latent model's trajectories. A few minutes.
 
-The demo models are the d=128 variant of the default architecture (4 layers, 0.8M parameters):
-on 2 CPU cores they fit about three times as many optimizer steps into the budget as the d=256
-default, which is what makes a 6-minute CoT run accurate. ``d_model=256`` gives the default.
+``source="train"`` trains here instead: the explicit-CoT and answer-only baselines from scratch
+for ``cot_minutes`` / ``nocot_minutes``, then a short Coconut curriculum from the CoT model
+(defaults fit 3x3 multiplication, ``task="multiplication"``: about 10 minutes on 2 cores).
+
+Either way the run folder gets ``results.csv`` (one row per model), per-example predictions,
+learning histories, plotly figures (HTML, offline), the static latent-trajectory report
+(``latent_trajectories.html``, viewable without a kernel), ATP's decoded latent steps
+(``decoded_steps_<row>.csv``) and ``metrics.json``; then the table is printed.
+
+The models are the d=128 variant of the default architecture (4 layers, 0.8M parameters): on 2
+CPU cores they fit about three times as many optimizer steps into a budget as the d=256 default.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.config import check_range, check_that
+from workbench.config import ConfigError, check_choice, check_range, check_that
 from workbench.eval.ablations import usage_drop
 from workbench.experiment import (
     TrainedModel,
@@ -38,14 +45,18 @@ from workbench.train.config import TrainConfig
 from workbench.viz.curves import accuracy_vs_length, learning_curves
 
 COCONUT_STEPS, COCONUT_C, COCONUT_LR = 60, 2, 1e-3  # see DemoConfig
+SOURCES = ("shipped", "train")
 
 
 @dataclass
 class DemoConfig:
     """Budget and data of the demo run."""
 
+    source: str = "shipped"
+    """``shipped``: score the task's shipped models (``checkpoints/<task>``); ``train``: train
+    CoT, no-CoT and Coconut here within the budgets below."""
     cot_minutes: float = 6.0
-    """Training wall time of the explicit-CoT model."""
+    """Training wall time of the explicit-CoT model (``source="train"``)."""
     nocot_minutes: float = 1.5
     """Training wall time of the answer-only model."""
     coconut_steps_per_stage: int = COCONUT_STEPS
@@ -58,8 +69,8 @@ class DemoConfig:
     """Training micro-batch of the baselines."""
     report_examples: int = 64
     """Test examples decoded into the latent-trajectory report."""
-    task: str = "multiplication"
-    """Synthetic task (see ``workbench.data.tasks``)."""
+    task: str = "arithmetic"
+    """Synthetic task (``workbench.data.tasks``); ``shipped`` needs one with shipped models."""
     train_size: int = 50_000
     """Training problems generated (more than the budget can consume: every batch is fresh)."""
     test_size: int = 1_000
@@ -70,6 +81,7 @@ class DemoConfig:
     """Run folder (default ``runs/demo-<timestamp>``)."""
 
     def __post_init__(self) -> None:
+        check_choice(self, "source", SOURCES)
         check_range(self, "cot_minutes", gt=0)
         check_range(self, "nocot_minutes", gt=0)
         check_range(self, "coconut_steps_per_stage", ge=0)
@@ -91,78 +103,49 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
     run = Path(cfg.out_dir) if cfg.out_dir else new_run_dir("demo")
     run.mkdir(parents=True, exist_ok=True)
     print(f"[demo] run folder: {run}")
-    data = prepare_data(
-        cfg.task, train_size=cfg.train_size, val_size=200, test_size=cfg.test_size, seed=cfg.seed
-    )
-    print(
-        f"[demo] {cfg.task}: {len(data.train)} train / {len(data.test)} test; e.g. {data.test[0]}"
-    )
-    model_config = ModelConfig(d_model=cfg.d_model)
-    trained, rows, hist = {}, [], {}
+    rows, hist, latent = [], {}, []
 
-    def record(tm: TrainedModel, minutes: float) -> None:
+    def record(name: str, tm: TrainedModel, minutes: float) -> None:
         res = tm.evaluate()
-        trained[tm.method], hist[tm.method] = tm, tm.history
+        hist[name] = tm.history
         rows.append(
             {
                 **res.summary,
-                "train_steps": tm.meta["train_steps"],
+                "method": name,
+                "train_steps": tm.meta.get("train_steps"),
                 "train_minutes": minutes,
-                "params": tm.meta["params"],
+                "params": tm.meta.get("params"),
                 # accuracy lost with the latents zeroed / swapped / pause-embedded (NaN: none)
                 **usage_drop(tm.model, tm.tokenizer, tm.test_examples[:200], tm.spec),
             }
         )
-        write_table(run / f"predictions_{tm.method}.csv", res.per_example)
-        write_table(run / f"history_{tm.method}.csv", tm.history)
+        write_table(run / f"predictions_{name}.csv", res.per_example)
+        if tm.history is not None:
+            write_table(run / f"history_{name}.csv", tm.history)
+        if tm.spec is not None:
+            latent.append((res.summary["accuracy"], name, tm))
+        if tm.method == "atp":  # what each latent group decodes to, beside the gold step
+            from workbench.methods.atp import decode_latents
+
+            steps = decode_latents(tm, tm.test_examples[:200])
+            write_table(run / f"decoded_steps_{name}.csv", steps)
+            rows[-1]["decoded_step_exact"] = float(steps["exact"].mean())
         print(
-            f"[demo] {tm.method}: accuracy {res.summary['accuracy']:.3f}, "
+            f"[demo] {name}: accuracy {res.summary['accuracy']:.3f}, "
             f"{res.summary['reasoning_positions']:.1f} reasoning positions"
         )
 
-    for mode, minutes in ((BASE_METHOD, cfg.cot_minutes), (NO_COT_METHOD, cfg.nocot_minutes)):
-        print(f"[demo] training {mode} for {minutes:g} min")
-        tc = demo_train_config(cfg)
-        record(
-            train_baseline(
-                data,
-                mode,
-                model_config=model_config,
-                train_config=tc,
-                seed=cfg.seed,
-                time_budget_s=60 * minutes,
-            ),
-            minutes,
-        )
-    if cfg.coconut_steps_per_stage:
-        print(
-            f"[demo] training coconut from the CoT model: c={cfg.coconut_c}, "
-            f"{cfg.coconut_steps_per_stage} steps per stage"
-        )
-        t1 = time.perf_counter()
-        cc = CoconutConfig(
-            c_thought=cfg.coconut_c, steps_per_stage=cfg.coconut_steps_per_stage, seed=cfg.seed
-        )
-        tc = default_train_config(
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            lr=COCONUT_LR,
-            warmup_steps=10,
-            eval_every=None,
-        )
-        coconut = train(
-            DEMO_LATENT_METHOD,
-            data,
-            trained[BASE_METHOD],
-            config=cc,
-            train_config=tc,
-            seed=cfg.seed,
-        )
-        record(coconut, (time.perf_counter() - t1) / 60)
+    if cfg.source == "shipped":
+        for name, tm in _shipped_models(cfg):
+            record(name, tm, float(tm.meta.get("train_minutes", float("nan"))))
+    else:
+        _train_here(cfg, record)
+    if latent:
+        _, name, best = max(latent, key=lambda x: x[0])
         report = _trajectory_report(
-            run / "latent_trajectories.html", coconut, data.test[: cfg.report_examples]
+            run / "latent_trajectories.html", best, best.test_examples[: cfg.report_examples]
         )
-        print(f"[demo] latent-trajectory report: {report}")
+        print(f"[demo] latent-trajectory report ({name}): {report}")
     results = pd.DataFrame(rows)
     write_table(run / "results.csv", results)
     write_figure(run / "learning_curves.html", learning_curves(hist, "loss", title="training loss"))
@@ -188,6 +171,72 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
     print("\n" + results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\n[demo] done in {(time.perf_counter() - t0) / 60:.1f} min; results in {run}")
     return results
+
+
+def _shipped_models(cfg: DemoConfig) -> list[tuple[str, TrainedModel]]:
+    """The task's shipped models, CoT and no-CoT first, on one test split of ``test_size``."""
+    from workbench.experiment import load_pretrained, shipped_methods
+
+    names = shipped_methods(cfg.task)
+    missing = [m for m in (BASE_METHOD, NO_COT_METHOD) if m not in names]
+    if missing or len(names) < 3:
+        raise ConfigError(
+            f"DemoConfig.task = {cfg.task!r}: the shipped models there are {names}, the demo "
+            "needs CoT, no-CoT and a latent method; rebuild them with `make checkpoints`, or "
+            "run the demo with source='train'"
+        )
+    order = [BASE_METHOD, NO_COT_METHOD] + [
+        n for n in names if n not in (BASE_METHOD, NO_COT_METHOD)
+    ]
+    models = [(n, load_pretrained(n, task=cfg.task, test_size=cfg.test_size, seed=cfg.seed))
+              for n in order]  # fmt: skip
+    first = models[0][1]
+    print(
+        f"[demo] {cfg.task}: shipped {order}; {len(first.test_examples)} test problems, e.g. "
+        f"{first.test_examples[0]}"
+    )
+    return models
+
+
+def _train_here(cfg: DemoConfig, record) -> None:
+    """``source="train"``: CoT and no-CoT from scratch, then Coconut from the CoT model."""
+    data = prepare_data(
+        cfg.task, train_size=cfg.train_size, val_size=200, test_size=cfg.test_size, seed=cfg.seed
+    )
+    print(
+        f"[demo] {cfg.task}: {len(data.train)} train / {len(data.test)} test; e.g. {data.test[0]}"
+    )
+    model_config = ModelConfig(d_model=cfg.d_model)
+    trained = {}
+    for mode, minutes in ((BASE_METHOD, cfg.cot_minutes), (NO_COT_METHOD, cfg.nocot_minutes)):
+        print(f"[demo] training {mode} for {minutes:g} min")
+        tm = train_baseline(
+            data,
+            mode,
+            model_config=model_config,
+            train_config=demo_train_config(cfg),
+            seed=cfg.seed,
+            time_budget_s=60 * minutes,
+        )
+        trained[mode] = tm
+        record(mode, tm, minutes)
+    if not cfg.coconut_steps_per_stage:
+        return
+    print(
+        f"[demo] training coconut from the CoT model: c={cfg.coconut_c}, "
+        f"{cfg.coconut_steps_per_stage} steps per stage"
+    )
+    t1 = time.perf_counter()
+    cc = CoconutConfig(
+        c_thought=cfg.coconut_c, steps_per_stage=cfg.coconut_steps_per_stage, seed=cfg.seed
+    )
+    tc = default_train_config(
+        seed=cfg.seed, batch_size=cfg.batch_size, lr=COCONUT_LR, warmup_steps=10, eval_every=None
+    )
+    coconut = train(
+        DEMO_LATENT_METHOD, data, trained[BASE_METHOD], config=cc, train_config=tc, seed=cfg.seed
+    )
+    record(DEMO_LATENT_METHOD, coconut, (time.perf_counter() - t1) / 60)
 
 
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:

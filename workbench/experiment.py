@@ -8,6 +8,7 @@ that saves to and loads from a folder.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +100,29 @@ def compare(models: list[TrainedModel], examples=None, **kwargs) -> pd.DataFrame
 # ----- shipped checkpoints -------------------------------------------------------------------
 
 
+SHIPPED_TASK = "multiplication"
+"""The task of the first shipped set, whose folders sit directly under ``checkpoints/``."""
+
+
 def checkpoints_dir() -> Path:
-    """Where the project's own small checkpoints live (rebuilt by ``make checkpoints``)."""
-    return repo_root() / "checkpoints"
+    """Where the project's own small checkpoints live (rebuilt by ``make checkpoints``);
+    ``WORKBENCH_CHECKPOINTS_DIR`` points elsewhere (e.g. a set built with ``--out``)."""
+    env = os.environ.get("WORKBENCH_CHECKPOINTS_DIR")
+    return Path(env) if env else repo_root() / "checkpoints"
 
 
-def shipped_methods() -> list[str]:
-    """Methods with a checkpoint under :func:`checkpoints_dir`."""
-    return sorted(p.name for p in checkpoints_dir().glob("*") if (p / METHOD_FILE).exists())
+def shipped_path(name: str, task: str = SHIPPED_TASK) -> Path:
+    """The folder of shipped model ``name`` for ``task``: ``checkpoints/<name>`` for 3x3
+    multiplication, ``checkpoints/<task>/<name>`` for the other tasks' recipe rows
+    (:mod:`workbench.recipes`, e.g. ``checkpoints/arithmetic/coconut_sup``)."""
+    root = checkpoints_dir()
+    return root / name if task == SHIPPED_TASK else root / task / name
+
+
+def shipped_methods(task: str = SHIPPED_TASK) -> list[str]:
+    """Names with a shipped checkpoint for ``task``."""
+    folder = shipped_path("", task)
+    return sorted(p.name for p in folder.glob("*") if (p / METHOD_FILE).exists())
 
 
 def data_for(tm: TrainedModel, *, test_size: int = 1000, seed: int = 0) -> TaskData:
@@ -123,18 +139,34 @@ def data_for(tm: TrainedModel, *, test_size: int = 1000, seed: int = 0) -> TaskD
     )
 
 
-def load_pretrained(method: str, *, test_size: int = 1000, seed: int = 0) -> TrainedModel:
-    """A shipped checkpoint of ``method`` with its task's test split (no network, no training)."""
-    get_method(method)
-    path = checkpoints_dir() / method
+def load_pretrained(
+    name: str, *, task: str = SHIPPED_TASK, test_size: int = 1000, seed: int = 0
+) -> TrainedModel:
+    """A shipped checkpoint with its task's test split (no network, no training).
+
+    ``name`` is a method (``"coconut"``) or, for tasks with a recipe, a recipe row
+    (``"coconut_sup"`` on arithmetic: Coconut with step supervision).
+    """
+    path = shipped_path(name, task)
     if not (path / METHOD_FILE).exists():
         raise CheckpointError(
-            f"no shipped checkpoint for {method!r} at {path}; rebuild them with "
-            f"`make checkpoints` (shipped: {shipped_methods()})"
+            f"no shipped checkpoint {name!r} for task {task!r} at {path}; rebuild them with "
+            f"`make checkpoints` (shipped for {task}: {shipped_methods(task)})"
         )
+    method = _row_method(name, task)
     tm = TrainedModel.load(path, method=method)
     tm.test_examples = data_for(tm, test_size=test_size, seed=seed).test
     return tm
+
+
+def _row_method(name: str, task: str) -> str:
+    """The registered method behind shipped ``name`` (a recipe row or a method name)."""
+    from workbench.recipes import RECIPES
+
+    entries = RECIPES[task].entries if task in RECIPES else {}
+    method = entries[name].method if name in entries else name
+    get_method(method)  # an unknown name is a ConfigError listing the methods
+    return method
 
 
 def cot_starting_point(
@@ -142,13 +174,14 @@ def cot_starting_point(
 ) -> TrainedModel:
     """The CoT model latent methods start from: the shipped checkpoint, or one trained here.
 
-    ``init_from="shipped"`` loads ``checkpoints/cot`` (rebuilt by ``make checkpoints``) and falls
-    back to training for ``cot_minutes`` when it is absent or does not fit ``data``'s tokenizer;
+    ``init_from="shipped"`` loads the shipped CoT model of ``data``'s task (``checkpoints/cot``,
+    ``checkpoints/arithmetic/cot``; rebuilt by ``make checkpoints``) and falls back to training
+    for ``cot_minutes`` when it is absent or does not fit ``data``'s tokenizer;
     ``"scratch"`` always trains; any other value is a local TrainedModel folder.
     """
     if init_from not in ("shipped", "scratch"):
         return TrainedModel.load(init_from, data.test)
-    shipped = checkpoints_dir() / BASE_METHOD
+    shipped = shipped_path(BASE_METHOD, data.task)
     if init_from == "shipped" and (shipped / METHOD_FILE).exists():
         tm = TrainedModel.load(shipped, data.test)
         if tm.tokenizer.get_vocab() == data.tokenizer.get_vocab() and tm.task == data.task:
@@ -181,7 +214,7 @@ def load_or_train(
     meant for looking at trajectories, not for headline numbers.
     """
     record = get_method(method)
-    if (checkpoints_dir() / method / METHOD_FILE).exists():
+    if (shipped_path(method) / METHOD_FILE).exists():
         return load_pretrained(method, test_size=test_size, seed=seed)
     data = prepare_data(
         "multiplication", train_size=train_size, test_size=test_size, seed=seed, digits_a=3
@@ -220,6 +253,7 @@ __all__ = [
     "load_pretrained",
     "prepare_data",
     "shipped_methods",
+    "shipped_path",
     "spec_from_dict",
     "spec_to_dict",
     "special_ids",
