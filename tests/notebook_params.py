@@ -37,6 +37,14 @@ SMOKE_PARAMS: dict[str, dict] = {
         "train_size": 400,
         "test_size": 16,
     },
+    "03_vae.ipynb": {
+        "steps_per_stage": 3,
+        "final_stage_steps": 3,
+        "kl_warmup_steps": 2,
+        "batch_size": 8,
+        "train_size": 400,
+        "test_size": 16,
+    },
     "02_latent_sft.ipynb": {
         "init_from": "scratch",
         "cot_minutes": 0.1,

@@ -186,3 +186,31 @@ def test_a_separate_step_decoder_saves_as_a_part(tmp_path, data):
     for name, p in back.parts["step_decoder"].named_parameters():
         assert torch.equal(p, pa[name]), name
     assert decode_latents(back).equals(decode_latents(tm))
+
+
+def test_vae_diagnostics_read_the_trace(overfit):
+    from workbench.viz.vae_figures import (
+        kl_figure,
+        kl_per_latent,
+        latents_used_figure,
+        loss_parts_figure,
+        mu_pca,
+        mu_pca_figure,
+    )
+
+    trace = overfit.evaluate(record_trace=True).trace
+    table = kl_per_latent(trace)
+    assert table["latent"].tolist() == [0, 1] and table["examples"].tolist() == [8, 8]
+    mu, logvar = trace.latent_stats["mu"][:, 0], trace.latent_stats["logvar"][:, 0]
+    want = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(-1).mean()
+    assert table["kl"].iloc[0] == pytest.approx(float(want), rel=1e-5)
+    assert table["sigma"].iloc[0] == pytest.approx(float((0.5 * logvar).exp().mean()), rel=1e-5)
+    points = mu_pca(trace)
+    assert len(points) == int(trace.n_latent.sum()) and set(points["step"]) == {0, 1}
+    assert len(mu_pca_figure(points).data) == 2  # one trace per step
+    assert list(kl_figure(table).data[0].y) == table["kl"].tolist()
+    assert latents_used_figure(trace.n_latent, fixed=2).data[0].y.tolist() == [8]
+    parts = {t.name for t in loss_parts_figure(overfit.history).data}
+    assert {"loss_lm", "loss_kl", "loss_stop", "loss_decoder"} <= parts
+    with pytest.raises(ValueError, match="gaussian"):
+        kl_per_latent(dataclasses.replace(trace, latent_stats={}))

@@ -92,9 +92,20 @@ def train_latent_sft(data: TaskData, base, *, config=None, **kwargs) -> TrainedM
     return method.train(data, base, config=config, **kwargs)
 
 
-def compare(models: list[TrainedModel], examples=None, **kwargs) -> pd.DataFrame:
-    """One row per method: accuracy and reasoning lengths on the same examples."""
-    return pd.concat([m.evaluate(examples, **kwargs).to_frame() for m in models], ignore_index=True)
+def compare(models, examples=None, **kwargs) -> pd.DataFrame:
+    """One row per model: accuracy and reasoning lengths on the same examples.
+
+    ``models`` is a list (rows named by method) or a ``{label: model}`` dict (rows named by
+    label, e.g. ``"coconut_sup"`` for a step-supervised Coconut).
+    """
+    labeled = list(models.items()) if isinstance(models, dict) else [(None, m) for m in models]
+    rows = []
+    for label, m in labeled:
+        row = m.evaluate(examples, **kwargs).to_frame()
+        if label is not None:
+            row["method"] = label
+        rows.append(row)
+    return pd.concat(rows, ignore_index=True)
 
 
 # ----- shipped checkpoints -------------------------------------------------------------------
@@ -140,12 +151,18 @@ def data_for(tm: TrainedModel, *, test_size: int = 1000, seed: int = 0) -> TaskD
 
 
 def load_pretrained(
-    name: str, *, task: str = SHIPPED_TASK, test_size: int = 1000, seed: int = 0
+    name: str,
+    *,
+    task: str = SHIPPED_TASK,
+    test_size: int = 1000,
+    seed: int = 0,
+    test_examples: list | None = None,
 ) -> TrainedModel:
     """A shipped checkpoint with its task's test split (no network, no training).
 
     ``name`` is a method (``"coconut"``) or, for tasks with a recipe, a recipe row
-    (``"coconut_sup"`` on arithmetic: Coconut with step supervision).
+    (``"coconut_sup"`` on arithmetic: Coconut with step supervision). The test split is
+    regenerated from the model's ``meta["data"]`` unless ``test_examples`` are given.
     """
     path = shipped_path(name, task)
     if not (path / METHOD_FILE).exists():
@@ -155,7 +172,9 @@ def load_pretrained(
         )
     method = _row_method(name, task)
     tm = TrainedModel.load(path, method=method)
-    tm.test_examples = data_for(tm, test_size=test_size, seed=seed).test
+    if test_examples is None:
+        test_examples = data_for(tm, test_size=test_size, seed=seed).test
+    tm.test_examples = list(test_examples)
     return tm
 
 

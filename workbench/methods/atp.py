@@ -425,7 +425,8 @@ def greedy_decode(decoder, prefix: torch.Tensor, end_id: int, max_tokens: int) -
     if P == 0:
         return []
     cache = DynamicCache()
-    out = decoder(inputs_embeds=prefix, cache=cache, use_cache=True)
+    mask = torch.ones(P, prefix.shape[1], dtype=torch.long, device=prefix.device)
+    out = decoder(inputs_embeds=prefix, attention_mask=mask, cache=cache, use_cache=True)
     done = torch.zeros(P, dtype=torch.bool)
     toks = []
     for _ in range(max_tokens):
@@ -434,20 +435,22 @@ def greedy_decode(decoder, prefix: torch.Tensor, end_id: int, max_tokens: int) -
         done |= nxt.cpu() == end_id
         if bool(done.all()):
             break
-        out = decoder(input_ids=nxt[:, None], cache=cache, use_cache=True)
+        mask = torch.cat([mask, mask[:, :1]], 1)  # every row is real: no padding to mask
+        out = decoder(input_ids=nxt[:, None], attention_mask=mask, cache=cache, use_cache=True)
     ids = torch.stack(toks, 1).tolist()
     return [row[: row.index(end_id)] if end_id in row else row for row in ids]
 
 
 def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled: bool = False,
-                   seed: int = 0) -> pd.DataFrame:  # fmt: skip
+                   seed: int = 0, top_k: int = 5) -> pd.DataFrame:  # fmt: skip
     """The text each latent group of ``tm`` stands for, next to the gold step it replaced.
 
     Runs ``tm``'s spec on ``examples`` (default its test split; ``sampled`` uses the sampled
     mode), cuts each example's fed latents into groups of ``c``, and decodes every group with
     the step decoder in one batched greedy run. One row per (example, group): ``example``,
     ``group``, ``n_latent`` (latents the example used), ``decoded``, ``gold`` (the step text;
-    the merged rest for the last group) and ``exact`` (token-exact match).
+    the merged rest for the last group), ``exact`` (token-exact match) and ``top_k`` (the LM
+    head's top tokens read after the group's last latent, the logit-lens view of the same latent).
     """
     from workbench.eval.evaluator import evaluate
 
@@ -467,7 +470,9 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
         gold, _ = groups_at(texs[ex_i], cfg.max_latent_stage, cfg)
         for g in range(n // c):
             prefixes.append(tr.embeds[row, g * c : (g + 1) * c])
-            rows.append((ex_i, g, n, gold[g] if g < len(gold) else []))
+            # the LM head's read after the group's last latent: its vocabulary top-k
+            top = tm.tokenizer.convert_ids_to_tokens(tr.topk_ids[row, (g + 1) * c, :top_k])
+            rows.append((ex_i, g, n, gold[g] if g < len(gold) else [], " ".join(top)))
     longest = max((len(s) for t in texs for s in t.steps), default=8)
     limit = max_tokens or 2 * longest + 4
     param = next(decoder.parameters())
@@ -480,17 +485,11 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
     decoder.train(was)
     text = lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     out = [
-        {
-            "example": e,
-            "group": g,
-            "n_latent": n,
-            "decoded": text(d),
-            "gold": text(gold),
-            "exact": d == gold,
-        }  # fmt: skip
-        for (e, g, n, gold), d in zip(rows, decoded, strict=True)
-    ]
-    cols = ["example", "group", "n_latent", "decoded", "gold", "exact"]
+        {"example": e, "group": g, "n_latent": n, "decoded": text(d), "gold": text(gold),
+         "exact": d == gold, "top_k": top}
+        for (e, g, n, gold, top), d in zip(rows, decoded, strict=True)
+    ]  # fmt: skip
+    cols = ["example", "group", "n_latent", "decoded", "gold", "exact", "top_k"]
     return pd.DataFrame(out, columns=cols).sort_values(["example", "group"], ignore_index=True)
 
 
@@ -521,5 +520,5 @@ RECORD = MethodRecord(
     alignment=alignment,
     quick_config=quick_config,
     needs_base=True,
-    notebook=None,  # 03_vae.ipynb once it exists
+    notebook="03_vae.ipynb",
 )

@@ -1,0 +1,107 @@
+"""Shipped models of a recipe task: build (from a benchmark folder), load by row, the demo on them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench.checkpoints import build_task_checkpoints
+from workbench.config import ConfigError
+from workbench.demo import DemoConfig, run_demo
+from workbench.engine.feedback import GaussianFeedback
+from workbench.engine.stop import StepStopHead
+from workbench.errors import CheckpointError
+from workbench.experiment import compare, load_pretrained, prepare_data, shipped_methods
+from workbench.methods.atp import ATPConfig
+from workbench.methods.coconut import CoconutConfig
+from workbench.models.build import ModelConfig, build_model
+from workbench.recipes import RECIPES
+from workbench.trained import TrainedModel
+
+ROWS = RECIPES["arithmetic"].shipped
+
+
+def _tiny_models(data) -> dict[str, TrainedModel]:
+    """Untrained d=32 models with each shipped row's method and inference spec."""
+    tok = data.tokenizer
+    model = lambda seed: build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), tok, seed=seed)  # noqa: E731
+    meta = {"data": data.describe(), "train_steps": 0}
+    atp_spec = ATPConfig().inference_spec(GaussianFeedback(32), StepStopHead(32))
+    specs = {
+        "cot": ("cot", None),
+        "nocot": ("nocot", None),
+        "coconut_sup": ("coconut", CoconutConfig(c_thought=1, max_latent_stage=4).inference_spec()),
+        "atp": ("atp", atp_spec),
+    }
+    out = {}
+    for i, (row, (method, spec)) in enumerate(specs.items()):
+        tm = TrainedModel(method, model(i), tok, spec, None, "arithmetic", data.test, dict(meta))
+        if method == "atp":
+            tm.meta["config"] = {"c_thought": 1, "max_latent_stage": 4}
+            tm.parts = {"step_decoder": model(9)}
+        out[row] = tm
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shipped")
+    data = prepare_data("arithmetic", train_size=64, val_size=4, test_size=8, seed=0,
+                        **RECIPES["arithmetic"].difficulty)  # fmt: skip
+    assert set(ROWS) == {"cot", "nocot", "coconut_sup", "atp"}
+    for row, tm in _tiny_models(data).items():
+        tm.save(root / "bench" / row)
+    summaries = build_task_checkpoints("arithmetic", root / "ck", reuse=root / "bench")
+    return root / "ck", summaries, data
+
+
+def test_build_stores_every_shipped_row_in_fp16(shipped):
+    ck, summaries, _ = shipped
+    assert set(summaries) == set(ROWS)
+    for row in ROWS:
+        back = TrainedModel.load(ck / "arithmetic" / row)
+        assert back.meta["recipe_row"] == row and "test_accuracy" in back.meta
+    # the stored weights are fp16 (half the size), loaded back as fp32
+    from safetensors import safe_open
+
+    with safe_open(str(ck / "arithmetic" / "atp" / "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    assert (ck / "arithmetic" / "atp" / "parts" / "step_decoder" / "config.json").exists()
+
+
+def test_load_pretrained_knows_rows_and_tasks(shipped, monkeypatch):
+    ck, _, data = shipped
+    monkeypatch.setenv("WORKBENCH_CHECKPOINTS_DIR", str(ck))
+    assert shipped_methods("arithmetic") == sorted(ROWS)
+    sup = load_pretrained("coconut_sup", task="arithmetic", test_examples=data.test)
+    assert sup.method == "coconut" and sup.test_examples == data.test
+    with pytest.raises(CheckpointError, match="no shipped checkpoint 'icot' for task 'arithmetic'"):
+        load_pretrained("icot", task="arithmetic")
+    table = compare({"coconut_sup": sup, "cot": load_pretrained("cot", task="arithmetic",
+                     test_examples=data.test)}, data.test)  # fmt: skip
+    assert table["method"].tolist() == ["coconut_sup", "cot"]
+
+
+def test_demo_scores_the_shipped_models(shipped, monkeypatch, tmp_path):
+    ck, _, _ = shipped
+    monkeypatch.setenv("WORKBENCH_CHECKPOINTS_DIR", str(ck))
+    results = run_demo(DemoConfig(test_size=8, report_examples=4, out_dir=str(tmp_path)))
+    assert results["method"].tolist() == ["cot", "nocot", "atp", "coconut_sup"]
+    assert results.loc[results.method == "cot", "usage_drop"].isna().all()  # no latents
+    assert results.loc[results.method == "atp", "usage_drop"].notna().all()
+    saved = pd.read_csv(tmp_path / "results.csv")
+    assert saved["method"].tolist() == results["method"].tolist()
+    steps = pd.read_csv(tmp_path / "decoded_steps_atp.csv")
+    assert {"decoded", "gold", "exact", "top_k"} <= set(steps.columns)
+    assert (tmp_path / "latent_trajectories.html").exists()
+
+
+def test_bad_rows_and_tasks_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="rows = \\['icot'\\]"):
+        build_task_checkpoints("arithmetic", tmp_path, rows=("icot",))
+    with pytest.raises(ConfigError, match="task = 'sorting'"):
+        build_task_checkpoints("sorting", tmp_path)
+    monkeypatch.setenv("WORKBENCH_CHECKPOINTS_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="DemoConfig.task = 'arithmetic'.*make checkpoints"):
+        run_demo(DemoConfig(out_dir=str(tmp_path / "run")))
