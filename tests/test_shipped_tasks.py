@@ -1,4 +1,4 @@
-"""Shipped models of a recipe task: build (from a benchmark folder), load by row, the demo on them."""
+"""Shipped models of a recipe task: built from a benchmark folder, loaded by row, demoed."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def test_build_stores_every_shipped_row_in_fp16(shipped):
     from safetensors import safe_open
 
     with safe_open(str(ck / "arithmetic" / "atp" / "model.safetensors"), "pt") as f:
-        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        names = f.keys()
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in names)
     assert (ck / "arithmetic" / "atp" / "parts" / "step_decoder" / "config.json").exists()
 
 
