@@ -214,3 +214,21 @@ def test_vae_diagnostics_read_the_trace(overfit):
     assert {"loss_lm", "loss_kl", "loss_stop", "loss_decoder"} <= parts
     with pytest.raises(ValueError, match="gaussian"):
         kl_per_latent(dataclasses.replace(trace, latent_stats={}))
+
+
+def test_the_lens_and_inspector_show_the_decoded_steps(overfit):
+    from workbench.lens.views import trajectory_of
+    from workbench.viz.inspector import LatentInspector
+
+    examples = overfit.test_examples[:4]
+    traj = trajectory_of(overfit, examples)
+    steps = decode_latents(overfit, examples)
+    for row, ex in enumerate(traj.example_index):
+        want = steps[steps.example == ex].sort_values("group")["decoded"].tolist()
+        assert traj.decoded_steps[row][:2] == want and want[0]  # one text per latent (c = 1)
+        assert set(traj.decoded_steps[row][2:]) <= {""}  # no text past the latents
+    insp = LatentInspector({"atp": traj}, examples, top_k=3, use_figure_widget=False)
+    insp.step_slider.value = 1
+    insp.step_slider.value = 0
+    text = traj.decoded_steps[insp.trajectory()[1]][0].replace("<", "&lt;").replace(">", "&gt;")
+    assert f"step decoder <code>{text}</code>" in insp.status.value

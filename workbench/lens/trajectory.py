@@ -183,6 +183,8 @@ class LatentTrajectory:
         aligned_targets: per example, per step, the CoT token ids the latent fed after
             that read replaced (shorter lists are padded with ``[]``; the final read has none).
         answer_ids: per example, the gold answer's token ids (``[0]`` drives collapse).
+        decoded_steps: per example, per read, the text a method's step decoder writes for the
+            latent fed after that read (ATP-Latent; ``""`` where none).
         token_text: display text of every vocabulary id (``None``: the ids as text).
         questions, gold, predictions, correct: per-example metadata (tables, titles).
         example_index: per row, the index of the example in the caller's list.
@@ -203,6 +205,7 @@ class LatentTrajectory:
     embeds: torch.Tensor | None = None
     aligned_targets: list[list[list[int]]] | None = None
     answer_ids: list[list[int]] | None = None
+    decoded_steps: list[list[str]] | None = None
     token_text: list[str] | None = None
     questions: list[str] | None = None
     gold: list[str] | None = None
@@ -311,6 +314,14 @@ class LatentTrajectory:
                     )
                 fixed.append(per + [[] for _ in range(S - len(per))])
             self.aligned_targets = fixed
+        if self.decoded_steps is not None:
+            if len(self.decoded_steps) != B:
+                raise ValueError(
+                    f"decoded_steps has {len(self.decoded_steps)} examples, expected {B}"
+                )
+            self.decoded_steps = [
+                [str(x) for x in per][:S] + [""] * (S - len(per)) for per in self.decoded_steps
+            ]
         for name in ("answer_ids", "questions", "gold", "predictions", "correct", "example_index"):
             val = getattr(self, name)
             if val is not None:
@@ -536,6 +547,7 @@ class LatentTrajectory:
             embeds=t(self.embeds),
             aligned_targets=lst(self.aligned_targets),
             answer_ids=lst(self.answer_ids),
+            decoded_steps=lst(self.decoded_steps),
             token_text=self.token_text,
             questions=lst(self.questions),
             gold=lst(self.gold),

@@ -23,12 +23,19 @@ __all__ = ["trajectory_of", "trajectory_figures", "write_standard_report"]
 def trajectory_of(tm, examples, *, top_k: int = 10) -> LatentTrajectory:
     """Decode a :class:`~workbench.experiment.TrainedModel`'s latents on ``examples`` (logit lens
     included), aligned with the CoT as its method declares (the registry's
-    :func:`~workbench.methods.lens_alignment`; a method without one is aligned by step)."""
-    from workbench.methods import lens_alignment
+    :func:`~workbench.methods.lens_alignment`; a method without one is aligned by step), with
+    the method's decoded step texts when it has a step decoder (:func:`~workbench.methods.
+    step_texts`)."""
+    from workbench.methods import lens_alignment, step_texts
 
     result = tm.evaluate(examples, record_trace=True, record_hidden=True, top_k=top_k)
     alignment = lens_alignment(tm.method, tm.meta)
-    return LatentTrajectory.from_eval(result, tm.model, tm.tokenizer, examples, alignment=alignment)
+    traj = LatentTrajectory.from_eval(result, tm.model, tm.tokenizer, examples, alignment=alignment)
+    texts = step_texts(tm, examples)  # per caller's example; the trajectory is in engine order
+    if texts is not None:
+        traj.decoded_steps = [texts[i] for i in traj.example_index]
+        traj.__post_init__()  # pad to the trajectory's reads
+    return traj
 
 
 def trajectory_figures(

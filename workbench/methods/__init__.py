@@ -27,6 +27,7 @@ __all__ = [
     "lens_alignment",
     "method_names",
     "registry",
+    "step_texts",
 ]
 
 _MODULES: dict[str, str] = {
@@ -84,3 +85,12 @@ def lens_alignment(method: str, meta: dict | None):
     if method not in _MODULES:
         return None
     return get_method(method).alignment(meta or {})
+
+
+def step_texts(tm, examples) -> list[list[str]] | None:
+    """Per example of ``examples``, per latent, the text ``tm``'s method decodes it to (its
+    record's ``step_texts``; ``None`` for methods without a step decoder)."""
+    if tm.method not in _MODULES:
+        return None
+    fn = get_method(tm.method).step_texts
+    return None if fn is None else fn(tm, examples)

@@ -64,6 +64,7 @@ from workbench.engine.forward import latent_forward, shifted_ce
 from workbench.engine.spec import LatentSpec
 from workbench.engine.stop import StepStopHead
 from workbench.lens.alignment import Alignment
+from workbench.lens.logit_lens import join_tokens
 from workbench.methods.base import (
     MethodRecord,
     default_train_config,
@@ -483,7 +484,7 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
     decoder.eval()
     decoded = greedy_decode(decoder, prefix, sp.eos, limit)
     decoder.train(was)
-    text = lambda ids: tm.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    text = lambda ids: join_tokens(tm.tokenizer.convert_ids_to_tokens(ids))  # noqa: E731
     out = [
         {"example": e, "group": g, "n_latent": n, "decoded": text(d), "gold": text(gold),
          "exact": d == gold, "top_k": top}
@@ -491,6 +492,16 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
     ]  # fmt: skip
     cols = ["example", "group", "n_latent", "decoded", "gold", "exact", "top_k"]
     return pd.DataFrame(out, columns=cols).sort_values(["example", "group"], ignore_index=True)
+
+
+def step_texts(tm, examples) -> list[list[str]]:
+    """Per example, per latent, the decoded text of the latent's group (the registry hook the
+    lens reads)."""
+    c = ATPConfig(**(tm.meta.get("config") or {})).c_thought
+    out: list[list[str]] = [[] for _ in examples]
+    for r in decode_latents(tm, examples).itertuples():
+        out[r.example] += [r.decoded] * c
+    return out
 
 
 def alignment(meta: dict) -> Alignment:
@@ -521,4 +532,5 @@ RECORD = MethodRecord(
     quick_config=quick_config,
     needs_base=True,
     notebook="03_vae.ipynb",
+    step_texts=step_texts,
 )

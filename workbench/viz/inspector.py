@@ -728,6 +728,8 @@ class LatentInspector:
                 "CoT target "
                 f"<code>{_esc(join_tokens(traj.decode(traj.aligned_targets[b][t])))}</code>"
             )
+        if traj.decoded_steps is not None and traj.decoded_steps[b][t]:
+            line2.append(f"step decoder <code>{_esc(traj.decoded_steps[b][t])}</code>")
         self.status.value = " · ".join(parts) + "<br>" + " · ".join(line2)
 
     # --- display ----------------------------------------------------------------------------------
