@@ -37,7 +37,7 @@ from workbench.experiment import (
     train_baseline,
 )
 from workbench.lens.views import trajectory_of, write_standard_report
-from workbench.methods import BASE_METHOD, DEMO_LATENT_METHOD, NO_COT_METHOD
+from workbench.methods import BASE_METHOD, DEMO_LATENT_METHOD, NO_COT_METHOD, get_method
 from workbench.methods.coconut import CoconutConfig
 from workbench.models.build import ModelConfig
 from workbench.runs import new_run_dir, write_figure, write_json, write_table
@@ -124,10 +124,9 @@ def run_demo(cfg: DemoConfig | None = None) -> pd.DataFrame:
             write_table(run / f"history_{name}.csv", tm.history)
         if tm.spec is not None:
             latent.append((res.summary["accuracy"], name, tm))
-        if tm.method == "atp":  # what each latent group decodes to, beside the gold step
-            from workbench.methods.atp import decode_latents
-
-            steps = decode_latents(tm, tm.test_examples[:200])
+        decode_steps = get_method(tm.method).decode_steps
+        if decode_steps is not None:  # what each latent group decodes to, beside the gold step
+            steps = decode_steps(tm, tm.test_examples[:200])
             write_table(run / f"decoded_steps_{name}.csv", steps)
             rows[-1]["decoded_step_exact"] = float(steps["exact"].mean())
         print(

@@ -88,9 +88,11 @@ def lens_alignment(method: str, meta: dict | None):
 
 
 def step_texts(tm, examples) -> list[list[str]] | None:
-    """Per example of ``examples``, per latent, the text ``tm``'s method decodes it to (its
-    record's ``step_texts``; ``None`` for methods without a step decoder)."""
-    if tm.method not in _MODULES:
+    """Per example of ``examples``, per latent, the text ``tm``'s method decodes it to (from its
+    record's ``decode_steps``; ``None`` for methods without a step decoder)."""
+    if tm.method not in _MODULES or get_method(tm.method).decode_steps is None:
         return None
-    fn = get_method(tm.method).step_texts
-    return None if fn is None else fn(tm, examples)
+    out: list[list[str]] = [[] for _ in examples]
+    for r in get_method(tm.method).decode_steps(tm, examples).itertuples():
+        out[r.example] += [r.decoded] * int(r.latents)
+    return out

@@ -449,7 +449,8 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
     Runs ``tm``'s spec on ``examples`` (default its test split; ``sampled`` uses the sampled
     mode), cuts each example's fed latents into groups of ``c``, and decodes every group with
     the step decoder in one batched greedy run. One row per (example, group): ``example``,
-    ``group``, ``n_latent`` (latents the example used), ``decoded``, ``gold`` (the step text;
+    ``group``, ``latents`` (``c``), ``n_latent`` (latents the example used), ``decoded``, ``gold``
+    (the step text;
     the merged rest for the last group), ``exact`` (token-exact match) and ``top_k`` (the LM
     head's top tokens read after the group's last latent, the logit-lens view of the same latent).
     """
@@ -486,22 +487,12 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
     decoder.train(was)
     text = lambda ids: join_tokens(tm.tokenizer.convert_ids_to_tokens(ids))  # noqa: E731
     out = [
-        {"example": e, "group": g, "n_latent": n, "decoded": text(d), "gold": text(gold),
-         "exact": d == gold, "top_k": top}
+        {"example": e, "group": g, "latents": c, "n_latent": n, "decoded": text(d),
+         "gold": text(gold), "exact": d == gold, "top_k": top}
         for (e, g, n, gold, top), d in zip(rows, decoded, strict=True)
     ]  # fmt: skip
-    cols = ["example", "group", "n_latent", "decoded", "gold", "exact", "top_k"]
+    cols = ["example", "group", "latents", "n_latent", "decoded", "gold", "exact", "top_k"]
     return pd.DataFrame(out, columns=cols).sort_values(["example", "group"], ignore_index=True)
-
-
-def step_texts(tm, examples) -> list[list[str]]:
-    """Per example, per latent, the decoded text of the latent's group (the registry hook the
-    lens reads)."""
-    c = ATPConfig(**(tm.meta.get("config") or {})).c_thought
-    out: list[list[str]] = [[] for _ in examples]
-    for r in decode_latents(tm, examples).itertuples():
-        out[r.example] += [r.decoded] * c
-    return out
 
 
 def alignment(meta: dict) -> Alignment:
@@ -532,5 +523,5 @@ RECORD = MethodRecord(
     quick_config=quick_config,
     needs_base=True,
     notebook="03_vae.ipynb",
-    step_texts=step_texts,
+    decode_steps=decode_latents,
 )

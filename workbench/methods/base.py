@@ -46,9 +46,10 @@ class MethodRecord:
     live in its own config, like Latent-SFT's sub-stages, says ``False``)."""
     recipe: Callable[[int], dict] | None = None
     """``seed -> train kwargs`` of the shipped checkpoint (``make checkpoints``); ``None``: none."""
-    step_texts: Callable[[Any, list], list[list[str]]] | None = None
-    """``(trained_model, examples) -> per example, per latent, its decoded text`` for methods
-    with a step decoder (ATP-Latent); the lens and the inspector show it beside the top-k."""
+    decode_steps: Callable[..., Any] | None = None
+    """``(trained_model, examples) -> DataFrame`` for methods with a step decoder (ATP-Latent):
+    one row per (``example``, ``group``) with ``latents`` (latents in the group), ``decoded``,
+    ``gold`` and ``exact``; the lens, the inspector and the demo show it."""
 
 
 # ----- helpers every train function uses ------------------------------------------------------
