@@ -51,6 +51,8 @@ class EngineOutput:
     """[B] model calls each example took part in (prefill counts one)."""
     seconds: float
     """Wall time of the run."""
+    token_logprobs: torch.Tensor | None = None
+    """[B, G] log-probability of each sampled token (``sample_tokens=True``; 0 after ``<eos>``)."""
 
 
 CACHE_KWARG_SINCE = "5.24.0"
@@ -107,12 +109,17 @@ def run_latent(
     record_hidden: bool = False,
     record_logits: bool = False,
     generator: torch.Generator | None = None,
+    sample_tokens: bool = False,
+    temperature: float = 1.0,
+    token_top_k: int | None = None,
 ) -> EngineOutput:
     """Run prefill, up to ``max_latent_steps`` latent steps and greedy decoding on one cache.
 
     ``input_ids``/``attention_mask`` are left-padded prompts ending in ``<bot>``. With
     ``max_latent_steps=0`` this is plain batched greedy generation (CoT / no-CoT, where the
-    model writes its own ``<eot>``: pass ``append_eot=False``).
+    model writes its own ``<eot>``: pass ``append_eot=False``). ``sample_tokens`` samples the
+    decoded tokens from ``softmax(top-k(logits) / temperature)`` with ``generator`` instead
+    (RL rollouts) and records each token's log-probability under that distribution.
     """
     t0 = time.perf_counter()
     require_cache_api()
@@ -219,9 +226,14 @@ def run_latent(
 
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n_gen = torch.zeros(B, dtype=torch.long, device=dev)
-    gen = []
+    gen, gen_logp = [], []
     for i in range(max_new_tokens):
-        tok = head(h).argmax(-1)
+        if sample_tokens:
+            lp = token_log_probs(head(h), temperature, token_top_k)
+            tok = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1)
+            gen_logp.append(lp.gather(-1, tok[:, None]).squeeze(-1) * ~done)
+        else:
+            tok = head(h).argmax(-1)
         tok = torch.where(done, torch.full_like(tok, special.pad), tok)
         gen.append(tok)
         n_gen += ~done
@@ -254,4 +266,17 @@ def run_latent(
         feedback=feedback.describe(),
         stop_rule=stop.describe(),
     )
-    return EngineOutput(trace, generated.cpu(), n_gen.cpu(), nfp.cpu(), time.perf_counter() - t0)
+    token_logp = torch.stack(gen_logp, 1).cpu() if gen_logp else None
+    return EngineOutput(
+        trace, generated.cpu(), n_gen.cpu(), nfp.cpu(), time.perf_counter() - t0, token_logp
+    )
+
+
+def token_log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None):
+    """``log softmax(logits / temperature)`` restricted to the top-``k`` (``-inf`` elsewhere),
+    in fp32: the distribution sampled tokens are drawn from, and scored by in training."""
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)

@@ -38,6 +38,7 @@ _MODULES: dict[str, str] = {
     "pause": "workbench.methods.pause",
     "icot": "workbench.methods.icot",
     "atp": "workbench.methods.atp",
+    "atp_rl": "workbench.methods.atp_rl",
 }
 """Method name -> module exporting its ``RECORD``."""
 

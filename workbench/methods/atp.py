@@ -457,7 +457,7 @@ def decode_latents(tm, examples=None, *, max_tokens: int | None = None, sampled:
     from workbench.eval.evaluator import evaluate
 
     examples = list(examples if examples is not None else tm.test_examples)
-    cfg = ATPConfig(**(tm.meta.get("config") or {}))
+    cfg = ATPConfig(**(tm.meta.get("atp_config") or tm.meta.get("config") or {}))
     c = cfg.c_thought
     decoder = tm.parts.get(DECODER_PART, tm.model)
     spec = sampled_spec(tm.spec) if sampled else tm.spec

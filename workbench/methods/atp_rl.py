@@ -1,0 +1,179 @@
+"""ATP-Latent, RL stage: GRPO on Gaussian latents, stop decisions and answer tokens.
+
+RESEARCH Part B 1(b), "RL stage" (``methods/sim_cot_rl_vae_end.py``, ``modules/grpo.py``): from
+the supervised CVAE model (:mod:`workbench.methods.atp`), ``G`` rollouts per question sample
+latents ``l_t ~ N(mu, sigma^2)``, Bernoulli stop actions at step boundaries and answer tokens at
+``T = 1``; the reward is ``1.0 * accuracy + 0.5 * format + 0.1 * coherence * accuracy``, the
+coherence read from the **frozen** step decoder's text of each latent group
+(:func:`workbench.rl.rewards.coherence_score`); advantages are group-normalised; the loss is the
+clipped ratio on the latent and answer segments (and the stop decisions), no KL, no reference.
+Rollouts and the one-forward recomputation are :mod:`workbench.rl.gaussian_policy`, the loop the
+shared :class:`~workbench.rl.trainer.GroupPolicyTrainer`.
+
+Deliberate deviations:
+
+* the Gaussian log-prob averages the dimensions by default (``gaussian_reduction="mean"``);
+  ATP sums 2048 of them and guards only with the clamp (pitfall 4); ``"sum"`` is ATP's;
+* the stop decisions are their own segment with their own weight (ATP folds the stop log-prob
+  into the latent and answer slots);
+* coherence matches parsed number tokens, not substrings, and a step without a result earns
+  nothing (pitfall 2); ``K = 0`` scores 0;
+* ATP's old policy is the rollout policy of the current batch; here it is an explicit cache,
+  so ``num_iterations > 1`` really clips (ATP: 8 minibatches per rollout batch);
+* ``learning_rate`` 1e-5 (ATP: 1e-6 on a 1B model), ``max_completion_length`` 16 as ATP.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from workbench.config import ConfigError
+from workbench.data.layout import prompt_ids, tokenize_examples
+from workbench.data.tokenizer import special_ids
+from workbench.engine.feedback import GaussianFeedback
+from workbench.engine.stop import StepStopHead
+from workbench.lens.logit_lens import join_tokens
+from workbench.methods.atp import DECODER_PART, ATPConfig, decode_latents, greedy_decode
+from workbench.methods.base import MethodRecord, trainable_net
+from workbench.rl import gaussian_policy
+from workbench.rl.config import GroupPolicyConfig
+from workbench.rl.rewards import RewardConfig
+from workbench.rl.trainer import GroupPolicyTrainer
+
+NAME = "atp_rl"
+
+
+def _atp_rewards() -> RewardConfig:
+    return RewardConfig(
+        weights={"accuracy": 1.0, "format": 0.5, "coherence": 0.1}, gates={"coherence": "accuracy"}
+    )
+
+
+@dataclass
+class ATPRLConfig(GroupPolicyConfig):
+    """:class:`~workbench.rl.config.GroupPolicyConfig` with ATP's reward (ATP-Latent-RL.yaml)."""
+
+    rewards: RewardConfig = field(default_factory=_atp_rewards)
+    """ATP: ``1.0 * acc + 0.5 * format + 0.1 * coherence * acc``."""
+
+
+class ATPPolicy:
+    """Rollouts and log-probs of a CVAE model's Gaussian latents, stop head and answers."""
+
+    def __init__(self, tokenizer, feedback: GaussianFeedback, stop: StepStopHead, decoder,
+                 atp: ATPConfig, cfg: ATPRLConfig):  # fmt: skip
+        self.tok, self.feedback, self.stop, self.decoder = tokenizer, feedback, stop, decoder
+        self.atp, self.cfg = atp, cfg
+        self.sp = special_ids(tokenizer)
+
+    def _kw(self) -> dict:
+        return {"temperature": self.cfg.temperature, "top_k": self.cfg.top_k,
+                "reduction": self.cfg.gaussian_reduction}  # fmt: skip
+
+    def rollout(self, net, examples: list, seed: int):
+        texs = tokenize_examples(examples, self.tok)
+        prompts = [prompt_ids(t, self.sp) for t in texs]
+        ro = gaussian_policy.rollout(
+            net.lm, self.tok, prompts, self.feedback, self.stop, max_latents=self.atp.n_latent,
+            max_completion_length=self.cfg.max_completion_length, seed=seed, **self._kw(),
+        )  # fmt: skip
+        return ro, {
+            "answers": [e["answer"] for e in examples],
+            "finished": ro.finished,
+            "step_texts": self.step_texts(ro),
+            "n_latent": ro.n_latent.tolist(),
+            "max_latents": self.atp.n_latent,
+        }
+
+    @torch.no_grad()
+    def step_texts(self, ro) -> list[list[str]]:
+        """The frozen decoder's text of every latent group of every rollout (one batched run)."""
+        c = self.atp.c_thought
+        groups = [(b, g) for b, n in enumerate(ro.n_latent.tolist()) for g in range(n // c)]
+        out: list[list[str]] = [[] for _ in range(len(ro.prompts))]
+        if not groups:
+            return out
+        p = next(self.decoder.parameters())
+        prefix = torch.stack([ro.latents[b, g * c : (g + 1) * c] for b, g in groups])
+        ids = greedy_decode(self.decoder, prefix.to(p.device, p.dtype), self.sp.eos, 24)
+        for (b, _), toks in zip(groups, ids, strict=True):
+            out[b].append(join_tokens(self.tok.convert_ids_to_tokens(toks)))
+        return out
+
+    def log_probs(self, net, ro):
+        lm = net.lm if hasattr(net, "lm") else net
+        return gaussian_policy.log_probs(lm, self.feedback, self.stop, ro, **self._kw())
+
+
+def train(
+    data,
+    base=None,
+    *,
+    config: ATPRLConfig | None = None,
+    train_config=None,
+    model_config=None,
+    callbacks=None,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+):
+    """GRPO from an ATP-Latent CVAE model ``base`` (copied, never modified)."""
+    from workbench.trained import TrainedModel
+
+    if time_budget_s is not None or train_config is not None:
+        raise ConfigError(
+            "atp_rl takes its optimizer settings from ATPRLConfig (learning_rate, max_steps); "
+            "pass config=ATPRLConfig(...) instead of train_config / time_budget_s"
+        )
+    spec = getattr(base, "spec", None)
+    if spec is None or not isinstance(spec.feedback, GaussianFeedback):
+        raise ConfigError(
+            "atp_rl starts from an ATP-Latent model (method 'atp', a gaussian latent rule and a "
+            f"step stop head); got {getattr(base, 'method', type(base).__name__)!r}"
+        )
+    cfg = config or ATPRLConfig(seed=seed)
+    atp_cfg = ATPConfig(**(base.meta.get("atp_config") or base.meta.get("config") or {}))
+    model = copy.deepcopy(base.model)
+    feedback = copy.deepcopy(spec.feedback).with_mode("sample")
+    stop = copy.deepcopy(spec.stop)
+    decoder = copy.deepcopy(base.parts.get(DECODER_PART, base.model)).eval()
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    net = trainable_net(model, feedback, stop)
+    policy = ATPPolicy(data.tokenizer, feedback, stop, decoder, atp_cfg, cfg)
+    trainer = GroupPolicyTrainer(net, data.train, policy, cfg, callbacks=callbacks)
+    trainer.train()
+    hist = trainer.log_history.to_pandas()
+    meta = {
+        "config": asdict(cfg),
+        "atp_config": asdict(atp_cfg),
+        "train_steps": trainer.trainer.step,
+        "seed": seed,
+        "data": data.describe(),
+        "base": base.meta.get("recipe_row", base.method),
+    }
+    parts = {DECODER_PART: decoder} if DECODER_PART in base.parts else {}
+    out_spec = atp_cfg.inference_spec(feedback, stop)
+    return TrainedModel(NAME, model, data.tokenizer, out_spec, hist, data.task, data.test, meta,
+                        parts)  # fmt: skip
+
+
+def alignment(meta: dict):
+    from workbench.lens.alignment import Alignment
+
+    cfg = meta.get("atp_config") or {}
+    return Alignment(latents_per_step=int(cfg.get("c_thought", ATPConfig.c_thought)))
+
+
+RECORD = MethodRecord(
+    name=NAME,
+    summary="ATP-Latent RL: GRPO on Gaussian latents, stop decisions and answers, coherence reward",
+    train=train,
+    config_cls=ATPRLConfig,
+    alignment=alignment,
+    needs_base=True,
+    takes_train_config=False,
+    decode_steps=decode_latents,
+)

@@ -1,0 +1,166 @@
+"""``GroupPolicyTrainer``: group-policy RL on the shared :class:`~workbench.train.Trainer`.
+
+Nothing of the supervised trainer is copied: accelerate, the optimizer and schedule, callbacks,
+``log_history``, checkpoint/resume come from :class:`~workbench.train.Trainer`; this module adds a
+collator and a ``loss_fn``:
+
+* :class:`RolloutBatches` hands the trainer each batch of questions ``num_iterations`` times in
+  a row, tagged with a ``rollout_id``;
+* :class:`GroupPolicyLoss` samples ``G`` rollouts per question when a new ``rollout_id`` arrives
+  (one batched engine run through the ``policy``), scores them with the reward registry, turns
+  the rewards into group advantages and caches the rollouts' log-probabilities under the
+  sampling policy (**the explicit old-policy cache**); every call then recomputes the
+  log-probabilities on the training path and returns the clipped-ratio loss of each action
+  segment (latent, stop, answer) with its weight, plus ``beta`` times the KL to a frozen
+  reference when ``beta > 0``. On the second pass over a batch the policy has moved, so the
+  ratio differs from 1 and clipping fires.
+
+A ``policy`` has ``rollout(model, examples, seed) -> (Rollouts, reward_kwargs)`` and
+``log_probs(model, rollouts) -> {segment: [N, T]}`` (see
+:mod:`workbench.rl.gaussian_policy`). Logged keys follow TRL (ECOSYSTEM 7): ``reward``,
+``reward_std``, ``rewards/<name>/mean``, ``frac_reward_zero_std``, ``kl``, ``clip_ratio/*``,
+``completions/mean_length``, plus ``latents/mean`` and ``loss/<segment>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from workbench.rl.advantages import group_advantages
+from workbench.rl.config import GroupPolicyConfig
+from workbench.rl.loss import clipped_policy_loss
+from workbench.rl.rewards import RewardError, compute_rewards
+
+
+class RolloutBatches:
+    """Collator: each batch of questions ``num_iterations`` times, with a ``rollout_id``."""
+
+    def __init__(self, num_iterations: int):
+        self.num_iterations, self.calls, self._last = num_iterations, 0, None
+
+    def __call__(self, items: list) -> dict:
+        if self.calls % self.num_iterations == 0 or self._last is None:
+            self._last = list(items)
+        batch = {"examples": self._last, "rollout_id": self.calls // self.num_iterations}
+        self.calls += 1
+        return batch
+
+
+class GroupPolicyLoss:
+    """``loss_fn(model, batch)`` of group-policy RL (module docstring)."""
+
+    def __init__(self, policy, cfg: GroupPolicyConfig, reference=None):
+        self.policy, self.cfg, self.reference = policy, cfg, reference
+        self._id = None
+        self._cache: dict = {}
+
+    def _new_rollouts(self, model, examples: list, rollout_id: int) -> None:
+        cfg, G = self.cfg, self.cfg.num_generations
+        group = [e for e in examples for _ in range(G)]
+        was = model.training
+        model.eval()
+        ro, reward_kwargs = self.policy.rollout(model, group, seed=cfg.seed * 100_003 + rollout_id)
+        with torch.no_grad():
+            old = self.policy.log_probs(model, ro)  # the old-policy log-prob cache
+            ref = self.policy.log_probs(self.reference, ro) if self.reference is not None else None
+        model.train(was)
+        total, parts = compute_rewards(cfg.rewards, ro.completions, **reward_kwargs)
+        if not torch.isfinite(total).all():  # weights are finite, so a part overflowed
+            raise RewardError(f"the weighted reward is not finite: {total.tolist()}")
+        adv = group_advantages(total, G, cfg.advantage, cfg.scale_rewards)
+        grouped = total.view(-1, G)
+        stds = grouped.std(1)
+        lengths = ro.answer_len.float()
+        metrics = {
+            "reward": float(total.mean()),
+            "reward_std": float(stds.mean()),
+            "frac_reward_zero_std": float((stds == 0).float().mean()),
+            "completions/mean_length": float(lengths.mean()),
+            "latents/mean": float(ro.n_latent.float().mean()),
+            **{f"rewards/{k}/mean": float(v.mean()) for k, v in parts.items()},
+        }
+        self._id = rollout_id
+        self._cache = {"ro": ro, "old": old, "ref": ref, "adv": adv, "metrics": metrics}
+
+    def __call__(self, model, batch):
+        if batch["rollout_id"] != self._id:
+            self._new_rollouts(model, batch["examples"], batch["rollout_id"])
+        c, cfg = self._cache, self.cfg
+        ro, adv = c["ro"], c["adv"]
+        logp = self.policy.log_probs(model, ro)
+        dev = next(iter(logp.values())).device
+        loss = torch.zeros((), device=dev)
+        metrics = dict(c["metrics"])
+        clip = {}
+        for seg, w in cfg.segment_weights.items():
+            mask = ro.masks[seg].to(dev)
+            if not w or not bool(mask.any()):
+                continue
+            part, stats = clipped_policy_loss(
+                logp[seg], c["old"][seg].to(dev), adv.to(dev), mask,
+                epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                log_ratio_clamp=cfg.log_ratio_clamp, loss_type=cfg.loss_type,
+            )  # fmt: skip
+            loss = loss + w * part
+            metrics[f"loss/{seg}"] = float(part.detach())
+            for k, v in stats.items():
+                clip[k] = clip.get(k, 0.0) + v * float(mask.sum())
+            clip["_n"] = clip.get("_n", 0.0) + float(mask.sum())
+        n = clip.pop("_n", 0.0)
+        metrics.update({k: v / max(n, 1.0) for k, v in clip.items()})
+        if cfg.beta > 0 and c["ref"] is not None:
+            kl_terms, count = 0.0, 0.0
+            for seg in cfg.segment_weights:
+                m = ro.masks[seg].to(dev).float()
+                d = c["ref"][seg].to(dev) - logp[seg]  # k3 estimator of KL(pi || ref)
+                kl_terms = kl_terms + ((d.exp() - d - 1) * m).sum()
+                count += float(m.sum())
+            kl = kl_terms / max(count, 1.0)
+            loss = loss + cfg.beta * kl
+            metrics["kl"] = float(kl.detach())
+        if not math.isfinite(float(loss.detach())):
+            raise RewardError(f"the policy loss is not finite ({float(loss)}); metrics {metrics}")
+        return loss, metrics
+
+
+class GroupPolicyTrainer:
+    """Group-policy RL of ``net`` (the model and its heads) on ``examples`` with ``policy``."""
+
+    def __init__(self, net, examples: list, policy, cfg: GroupPolicyConfig, *, callbacks=None,
+                 output_dir: str | None = None, resume: bool = False,
+                 progress: bool = False):  # fmt: skip
+        from workbench.train import TrainConfig, Trainer
+
+        reference = None
+        if cfg.beta > 0:
+            reference = copy.deepcopy(net).eval()
+            for p in reference.parameters():
+                p.requires_grad_(False)
+        self.loss_fn = GroupPolicyLoss(policy, cfg, reference)
+        tc = TrainConfig(
+            batch_size=cfg.per_device_train_batch_size,
+            lr=cfg.learning_rate,
+            weight_decay=0.0,
+            warmup_steps=0,
+            max_steps=cfg.max_steps,
+            lr_schedule="constant",
+            max_grad_norm=cfg.max_grad_norm,
+            log_every=1,
+            seed=cfg.seed,
+            progress=progress,
+            output_dir=output_dir,
+            resume=resume,
+        )
+        self.trainer = Trainer(net, list(examples), RolloutBatches(cfg.num_iterations), tc,
+                               loss_fn=self.loss_fn, callbacks=callbacks)  # fmt: skip
+
+    @property
+    def log_history(self):
+        return self.trainer.log_history
+
+    def train(self):
+        """Run ``max_steps`` optimizer steps; returns the log history."""
+        return self.trainer.train()
