@@ -17,6 +17,7 @@ TASK_MODULES = {
     "multiplication": "workbench.data.tasks.multiplication",
     "arithmetic": "workbench.data.tasks.arithmetic",
     "graph": "workbench.data.tasks.graph_qa",
+    "sudoku": "workbench.data.tasks.sudoku",
 }
 
 
