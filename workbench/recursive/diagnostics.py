@@ -1,0 +1,211 @@
+"""Per-supervision-step diagnostics of a recursive reasoner: is each step useful compute?
+
+RESEARCH Part B 4.2(b) and 4.3 step 4. For every supervision step s of an evaluation rollout
+(all ``n_sup`` steps, no halting) this measures cell accuracy (on the blank cells) and exact
+accuracy, the accuracy gain over step s-1, and the advantage margin of the step's residual
+Δℓ = ℓ_c - ℓ_u, where ℓ_u is the readout before the step and ℓ_c the one after it::
+
+    margin_s = Δℓ[y*] - E_{a ~ softmax(ℓ_c)} Δℓ[a]        (mean over blank cells; w = 1)
+
+A non-positive margin means the step did not push the correct digit up more than the policy's
+average: "dead compute". It also counts forward passes of the net (NFP) per example, with and
+without the Q-head's halting, and sweeps the guidance weight w of ℓ_u + w Δℓ at the last step.
+Deviation from RESEARCH 4.3: the readouts are per supervision step (ℓ_u is the previous step's
+ℓ_c), not per inner recursion. Everything returns a DataFrame or a plotly figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from workbench.recursive.model import RecursiveReasoner, Rollout
+
+
+def _batches(puzzles: torch.Tensor, batch_size: int):
+    for i in range(0, len(puzzles), batch_size):
+        yield i, puzzles[i : i + batch_size]
+
+
+def advantage_margin(prev: torch.Tensor, cur: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Δℓ[y*] - E_{softmax(cur)}[Δℓ] per cell: ``prev``/``cur`` [..., vocab], ``target`` [...]."""
+    delta = cur - prev
+    expected = (cur.softmax(-1) * delta).sum(-1)
+    return delta.gather(-1, target[..., None]).squeeze(-1) - expected
+
+
+def per_step(
+    model: RecursiveReasoner,
+    puzzles: torch.Tensor,
+    solutions: torch.Tensor,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """One row per (example, step), step 0 being the initial carry's readout.
+
+    Columns: example, step, cell_acc (blank cells), exact, margin (mean over blank cells;
+    NaN at step 0), q_halt (NaN without a Q-head or at step 0), nfp (cumulative net calls).
+    """
+    frames = []
+    nfp = model.cfg.nfp_per_step
+    for start, batch in _batches(puzzles, batch_size):
+        sol = solutions[start : start + len(batch)]
+        roll: Rollout = model.rollout(batch)
+        pred = roll.logits.argmax(-1)  # [K+1, B, cells]
+        blank = (batch == 0).float()
+        n_blank = blank.sum(1).clamp(min=1)
+        right = (pred == sol).float()
+        cell_acc = (right * blank).sum(-1) / n_blank
+        exact = right.bool().all(-1)
+        target = sol.expand(len(roll.logits) - 1, -1, -1)
+        margin = advantage_margin(roll.logits[:-1], roll.logits[1:], target)
+        margin = torch.cat(
+            [torch.full((1, len(batch)), float("nan")), (margin * blank).sum(-1) / n_blank]
+        )
+        q = torch.full_like(cell_acc, float("nan"))
+        if roll.q_halt is not None:
+            q[1:] = roll.q_halt
+        steps = torch.arange(len(roll.logits))[:, None].expand_as(cell_acc)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "example": (torch.arange(len(batch)) + start).expand_as(cell_acc).flatten(),
+                    "step": steps.flatten(),
+                    "cell_acc": cell_acc.flatten(),
+                    "exact": exact.flatten(),
+                    "margin": margin.flatten(),
+                    "q_halt": q.flatten(),
+                    "nfp": (steps * nfp).flatten(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True).sort_values(["example", "step"], ignore_index=True)
+
+
+def step_summary(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per step: cell_acc, exact_acc, their gains over the previous step, advantage_margin,
+    dead_compute (margin <= 0) and nfp."""
+    out = (
+        steps.groupby("step")
+        .agg(
+            cell_acc=("cell_acc", "mean"),
+            exact_acc=("exact", "mean"),
+            advantage_margin=("margin", "mean"),
+            nfp=("nfp", "first"),
+        )
+        .reset_index()
+    )
+    out["cell_gain"] = out["cell_acc"].diff()
+    out["exact_gain"] = out["exact_acc"].diff()
+    out["dead_compute"] = out["advantage_margin"] <= 0
+    out.loc[out["step"] == 0, "dead_compute"] = False
+    cols = ["step", "nfp", "cell_acc", "exact_acc", "cell_gain", "exact_gain"]
+    return out[cols + ["advantage_margin", "dead_compute"]]
+
+
+def nfp_per_example(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per example: halt_step (first step with q_halt > 0, else the last), nfp at halting and
+    for the full rollout, solved_at (first exactly right step, NaN if none) and exact at halt."""
+    s = steps[steps["step"] > 0]
+    last = int(s["step"].max())
+    per_step_nfp = int(s["nfp"].iloc[0])  # step 1
+    halts = s[s["q_halt"] > 0].groupby("example")["step"].min()
+    solved = s[s["exact"]].groupby("example")["step"].min()
+    out = pd.DataFrame({"example": sorted(s["example"].unique())}).set_index("example")
+    out["halt_step"] = halts.reindex(out.index).fillna(last).astype(int)
+    out["nfp_halt"] = out["halt_step"] * per_step_nfp
+    out["nfp_full"] = last * per_step_nfp
+    out["solved_at"] = solved.reindex(out.index)
+    exact = s.set_index(["example", "step"])["exact"]
+    out["exact_at_halt"] = exact.loc[list(zip(out.index, out["halt_step"], strict=True))].values
+    return out.reset_index()
+
+
+def guidance_sweep(
+    model: RecursiveReasoner,
+    puzzles: torch.Tensor,
+    solutions: torch.Tensor,
+    ws: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Accuracy of ℓ_u + w Δℓ at the last step, for each w (w = 1 is the plain model)."""
+    right = torch.zeros(len(ws))
+    cells = torch.zeros(len(ws))
+    n_blank = 0.0
+    for start, batch in _batches(puzzles, batch_size):
+        sol = solutions[start : start + len(batch)]
+        logits = model.rollout(batch).logits
+        ref, cond = logits[-2], logits[-1]
+        blank = batch == 0
+        n_blank += float(blank.sum())
+        for i, w in enumerate(ws):
+            ok = (ref + w * (cond - ref)).argmax(-1) == sol
+            right[i] += ok.all(1).sum()
+            cells[i] += (ok & blank).sum()
+    return pd.DataFrame(
+        {
+            "w": list(ws),
+            "cell_acc": (cells / max(n_blank, 1.0)).tolist(),
+            "exact_acc": (right / len(puzzles)).tolist(),
+        }
+    )
+
+
+def summary(model: RecursiveReasoner, puzzles: torch.Tensor, solutions: torch.Tensor) -> dict:
+    """Last-step exact and cell accuracy and NFP per example (full rollout and with halting)."""
+    steps = per_step(model, puzzles, solutions)
+    last = step_summary(steps).iloc[-1]
+    nfp = nfp_per_example(steps)
+    return {
+        "exact_acc": float(last["exact_acc"]),
+        "cell_acc": float(last["cell_acc"]),
+        "nfp": int(last["nfp"]),
+        "nfp_halt": float(nfp["nfp_halt"].mean()),
+    }
+
+
+def plot_steps(summary_df: pd.DataFrame, title: str = "Per supervision step") -> go.Figure:
+    """Cell and exact accuracy per step (left axis) and the advantage margin (right axis);
+    dead-compute steps are marked with a red x."""
+    fig = go.Figure()
+    for col in ("cell_acc", "exact_acc"):
+        fig.add_trace(go.Scatter(x=summary_df["step"], y=summary_df[col], name=col))
+    fig.add_trace(
+        go.Bar(
+            x=summary_df["step"],
+            y=summary_df["advantage_margin"],
+            name="advantage margin",
+            yaxis="y2",
+            opacity=0.4,
+        )
+    )
+    dead = summary_df[summary_df["dead_compute"]]
+    fig.add_trace(
+        go.Scatter(
+            x=dead["step"],
+            y=dead["advantage_margin"],
+            mode="markers",
+            marker={"symbol": "x", "color": "red", "size": 10},
+            name="dead compute",
+            yaxis="y2",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="supervision step",
+        yaxis={"title": "accuracy", "range": [0, 1]},
+        yaxis2={"title": "margin", "overlaying": "y", "side": "right"},
+    )
+    return fig
+
+
+def plot_nfp(nfp_df: pd.DataFrame, title: str = "Forward passes per example") -> go.Figure:
+    """Histogram of NFP at halting, split by whether the example is right at its halt step."""
+    fig = go.Figure()
+    for ok, name in ((True, "right at halt"), (False, "wrong at halt")):
+        part = nfp_df[nfp_df["exact_at_halt"] == ok]
+        fig.add_trace(go.Histogram(x=part["nfp_halt"], name=name))
+    fig.update_layout(barmode="stack", title=title, xaxis_title="NFP", yaxis_title="examples")
+    return fig
