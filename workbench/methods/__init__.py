@@ -39,6 +39,8 @@ _MODULES: dict[str, str] = {
     "icot": "workbench.methods.icot",
     "atp": "workbench.methods.atp",
     "atp_rl": "workbench.methods.atp_rl",
+    "lepo": "workbench.methods.lepo",
+    "latro": "workbench.methods.latro",
 }
 """Method name -> module exporting its ``RECORD``."""
 

@@ -6,8 +6,9 @@
   ``-E_target[log q]`` to a target Gaussian (closed form).
 * :class:`GumbelSoftToken`: LEPO's soft token ``softmax((s + g) / tau_g)`` over the top-k of the
   temperature-scaled logits ``s`` (RESEARCH Part B 2(b)). ``soft_ce(ids, probs) = -sum_k p_k
-  log pi(k)`` scores the **same filtered distribution** the rollout sampled from (LEPO scores the
-  raw full-vocabulary logits instead: pitfall 3); probabilities stay fp32 (pitfall 5).
+  log pi(k)`` scores the **same filtered distribution** the rollout sampled from, its support
+  the stored top-k (LEPO scores the raw full-vocabulary logits instead: pitfall 3);
+  probabilities stay fp32 (pitfall 5).
 * :class:`BernoulliStop`: the stop decision from a stop head's ``[continue, stop]`` logits.
 
 Every method returns one value per leading position (the action axis is reduced).
@@ -89,9 +90,15 @@ class GumbelSoftToken:
         return self._log_pi_of(token[..., None]).squeeze(-1)
 
     def soft_ce(self, ids: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """``-sum_k p_k log pi(ids_k)`` for the soft token ``(ids, probs)`` a rollout stored."""
-        lp = self._log_pi_of(ids)
-        return -(probs.float() * torch.where(probs > 0, lp, torch.zeros_like(lp))).sum(-1)
+        """``-sum_k p_k log pi(ids_k)`` for the soft token ``(ids, probs)`` a rollout stored.
+
+        ``pi`` is this policy's tempered softmax renormalised on the stored support ``ids``:
+        with the policy that drew the token it is exactly the filtered top-k distribution the
+        rollout sampled from; after an update moved the top-k it stays finite (a token outside
+        the new top-k would otherwise score ``-inf``).
+        """
+        lp = torch.log_softmax(self.scores.gather(-1, ids), -1)
+        return -(probs.float() * lp).sum(-1)
 
     def entropy(self) -> torch.Tensor:
         return -(self.log_pi.exp() * self.log_pi).sum(-1)

@@ -16,10 +16,13 @@ collator and a ``loss_fn``:
   ratio differs from 1 and clipping fires.
 
 A ``policy`` has ``rollout(model, examples, seed) -> (Rollouts, reward_kwargs)`` and
-``log_probs(model, rollouts) -> {segment: [N, T]}`` (see
-:mod:`workbench.rl.gaussian_policy`). Logged keys follow TRL (ECOSYSTEM 7): ``reward``,
-``reward_std``, ``rewards/<name>/mean``, ``frac_reward_zero_std``, ``kl``, ``clip_ratio/*``,
-``completions/mean_length``, plus ``latents/mean`` and ``loss/<segment>``.
+``log_probs(model, rollouts) -> {segment: [N, T]}`` (see :mod:`workbench.rl.gaussian_policy`,
+:mod:`workbench.rl.token_policy`); optionally ``score_function_segments`` (segments trained by
+``-A * score`` without a ratio: LEPO's soft tokens, whose score is ``-soft_ce``) and
+``extra_loss(model, rollouts) -> (loss, metrics)`` (LaTRO's SFT term). Logged keys follow TRL
+(ECOSYSTEM 7): ``reward``, ``reward_std``, ``rewards/<name>/mean``, ``frac_reward_zero_std``,
+``kl``, ``clip_ratio/*``, ``completions/mean_length``, plus ``latents/mean`` and
+``loss/<segment>``.
 """
 
 from __future__ import annotations
@@ -95,9 +98,18 @@ class GroupPolicyLoss:
         loss = torch.zeros((), device=dev)
         metrics = dict(c["metrics"])
         clip = {}
+        score_segments = getattr(self.policy, "score_function_segments", ())
         for seg, w in cfg.segment_weights.items():
+            if seg not in ro.masks:
+                continue
             mask = ro.masks[seg].to(dev)
             if not w or not bool(mask.any()):
+                continue
+            if seg in score_segments:  # LEPO's soft tokens: A * soft CE, no ratio, no clip
+                m = mask.float()
+                part = -(adv.to(dev)[:, None] * logp[seg] * m).sum() / m.sum()
+                loss = loss + w * part
+                metrics[f"loss/{seg}"] = float(part.detach())
                 continue
             part, stats = clipped_policy_loss(
                 logp[seg], c["old"][seg].to(dev), adv.to(dev), mask,
@@ -111,9 +123,16 @@ class GroupPolicyLoss:
             clip["_n"] = clip.get("_n", 0.0) + float(mask.sum())
         n = clip.pop("_n", 0.0)
         metrics.update({k: v / max(n, 1.0) for k, v in clip.items()})
+        extra = getattr(self.policy, "extra_loss", None)
+        if extra is not None:  # e.g. LaTRO's SFT term on log p(y | x, z)
+            part, more = extra(model, ro)
+            loss = loss + part
+            metrics.update(more)
         if cfg.beta > 0 and c["ref"] is not None:
             kl_terms, count = 0.0, 0.0
             for seg in cfg.segment_weights:
+                if seg not in ro.masks or seg in score_segments:
+                    continue
                 m = ro.masks[seg].to(dev).float()
                 d = c["ref"][seg].to(dev) - logp[seg]  # k3 estimator of KL(pi || ref)
                 kl_terms = kl_terms + ((d.exp() - d - 1) * m).sum()

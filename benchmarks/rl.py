@@ -1,0 +1,197 @@
+"""RL fine-tuning against its SFT start, and rollout throughput of the batched engine.
+
+For each RL method (``--methods atp_rl,lepo,latro``; those registered) this loads its SFT
+starting point from a ``compare_methods.py --out`` folder (``<models>/<task>/<row>``: ``atp``
+for ATP-RL, ``cot`` for LEPO and LaTRO), scores it on held-out problems, trains the RL method
+for ``--steps`` steps of ``--questions`` x ``--generations`` sampled trajectories and scores it
+again; the table has accuracy before / after, latents used, reward at the first and last steps,
+trajectories sampled and minutes.
+
+Throughput: ``N`` rollouts of the shipped arithmetic CoT model sampled in one batched KV-cached
+engine run against a loop calling ``model.generate(do_sample=True)`` once per trajectory, same
+tokens, same model, in the same run; printed as a ratio.
+
+Usage::
+
+    python benchmarks/rl.py --models runs/compare [--task arithmetic] [--steps 40]
+        [--methods atp_rl] [--throughput-only]
+
+The last line is one JSON object ``{"throughput": {...}, "methods": {...}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+try:
+    import workbench  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from workbench.data.layout import prompt_ids, tokenize_examples
+from workbench.data.tokenizer import special_ids
+from workbench.experiment import TrainedModel, prepare_data, shipped_path, train
+from workbench.methods import get_method, method_names
+from workbench.recipes import RECIPES
+from workbench.rl import token_policy
+
+START_ROW = {"atp_rl": "atp", "lepo": "cot", "latro": "cot"}
+"""The SFT model each RL method starts from (a recipe row)."""
+
+
+def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int = 0) -> dict:
+    """Trajectories per second: one batched engine run vs one ``generate`` call each."""
+    sp = special_ids(tm.tokenizer)
+    prompts = [prompt_ids(t, sp) for t in tokenize_examples(examples, tm.tokenizer)]
+    prompts = (prompts * (n // len(prompts) + 1))[:n]
+    model = tm.model.eval()
+    t0 = time.perf_counter()
+    token_policy.rollout(model, tm.tokenizer, prompts, max_completion_length=tokens, seed=seed)
+    batched = time.perf_counter() - t0
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                pad_token_id=sp.pad,
+                top_k=0,
+            )
+    loop = time.perf_counter() - t0
+    return {
+        "trajectories": n,
+        "tokens": tokens,
+        "batched_s": batched,
+        "loop_s": loop,
+        "batched_per_s": n / batched,
+        "loop_per_s": n / loop,
+        "ratio": loop / batched,
+    }
+
+
+def run_method(name: str, models: Path, task: str, args) -> dict:
+    record = get_method(name)
+    recipe = RECIPES[task]
+    start = TrainedModel.load(models / task / START_ROW[name])
+    data = prepare_data(
+        task,
+        train_size=recipe.train_size,
+        test_size=args.test_size,
+        seed=args.seed,
+        tokenizer=start.tokenizer,
+        **recipe.difficulty,
+    )
+    held_out = data.test
+    before = start.evaluate(held_out).summary
+    cfg = record.config_cls(
+        num_generations=args.generations,
+        per_device_train_batch_size=args.questions,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    tm = train(name, data, start, config=cfg, seed=args.seed)
+    minutes = (time.perf_counter() - t0) / 60
+    after = tm.evaluate(held_out).summary
+    h = tm.history
+    if args.out:
+        tm.save(Path(args.out) / task / name)
+    return {
+        "start": START_ROW[name],
+        "accuracy_before": before["accuracy"],
+        "accuracy_after": after["accuracy"],
+        "gain": after["accuracy"] - before["accuracy"],
+        "latents_before": before["latent_steps"],
+        "latents_after": after["latent_steps"],
+        "reward_first": float(h["reward"].iloc[0]),
+        "reward_last": float(h["reward"].iloc[-5:].mean()),
+        "trajectories": args.steps * args.questions * args.generations,
+        "train_minutes": minutes,
+    }
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="runs/compare", help="compare_methods.py --out folder")
+    p.add_argument("--task", default="arithmetic", choices=sorted(RECIPES))
+    p.add_argument("--methods", default="atp_rl")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--questions", type=int, default=8)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--test-size", type=int, default=500)
+    p.add_argument("--rollouts", type=int, default=256, help="trajectories in the throughput run")
+    p.add_argument("--tokens", type=int, default=32, help="tokens per trajectory there")
+    p.add_argument("--throughput-only", action="store_true")
+    p.add_argument("--out", help="save the RL models under <out>/<task>/<method>")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cot_dir = shipped_path("cot", args.task)
+    cot = TrainedModel.load(cot_dir if cot_dir.exists() else Path(args.models) / args.task / "cot")
+    examples = prepare_data(
+        args.task,
+        train_size=64,
+        test_size=64,
+        seed=args.seed,
+        tokenizer=cot.tokenizer,
+        **RECIPES[args.task].difficulty,
+    ).test
+    tp = throughput(cot, examples, args.rollouts, args.tokens, args.seed)
+    print(
+        f"throughput ({device}): {tp['trajectories']} trajectories x {tp['tokens']} tokens: "
+        f"batched engine {tp['batched_per_s']:.1f}/s, per-sample generate loop "
+        f"{tp['loop_per_s']:.1f}/s, ratio {tp['ratio']:.1f}x",
+        flush=True,
+    )
+    results: dict[str, dict] = {}
+    if not args.throughput_only:
+        for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+            if name not in method_names():
+                print(f"[rl] {name}: not registered, skipped", flush=True)
+                continue
+            results[name] = run_method(name, Path(args.models), args.task, args)
+            print(f"[rl] {name}: {json.dumps(results[name])}", flush=True)
+        cols = [
+            "start",
+            "accuracy_before",
+            "accuracy_after",
+            "gain",
+            "latents_before",
+            "latents_after",
+            "reward_first",
+            "reward_last",
+            "trajectories",
+            "train_minutes",
+        ]
+        print(f"\n{args.task} ({args.test_size} held-out problems, device {device})")
+        print("method".ljust(10) + "".join(c[:13].rjust(14) for c in cols))
+        for name, row in results.items():
+            print(name.ljust(10) + "".join(_cell(row.get(c)).rjust(14) for c in cols))
+    print(json.dumps({"task": args.task, "device": device, "throughput": tp, "methods": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

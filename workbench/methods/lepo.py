@@ -1,0 +1,163 @@
+"""LEPO: Gumbel-softmax soft tokens, one gradient for latent and discrete tokens.
+
+RESEARCH Part B 2 (arXiv 2604.17892, ``YuyanZhou/lepo``): from a CoT model, each rollout feeds
+``L`` soft tokens ``p~_t @ E``, ``p~_t = softmax((top-k(l_t / T) + g) / tau_g)``, then samples
+the rest of the completion as ordinary tokens. Advantages are group-normalised; the soft
+positions are trained by ``A * CE_soft = -A * sum_k p~_k log pi(k)`` (no ratio, no clip), the
+discrete suffix by the clipped GRPO ratio, in one loss (the "unified gradient"). Rollouts and the
+one-forward recomputation are :mod:`workbench.rl.token_policy`; the loop is the shared
+:class:`~workbench.rl.trainer.GroupPolicyTrainer`.
+
+Deliberate deviations (RESEARCH Part B 2(d)):
+
+* the soft CE scores the **same** top-k, temperature-scaled distribution the rollout sampled
+  from (LEPO scores the raw full-vocabulary logits: pitfall 3), in fp32 (pitfall 5);
+* the old policy is an explicit cache, so ``num_iterations > 1`` clips (LEPO's ratio is 1:
+  pitfall 1);
+* the soft positions get no placeholder ids, so nothing of them reaches the answer parser or
+  the stop criterion (pitfall 2): the engine feeds them as embeddings and only then decodes;
+* sizes fit the workbench's small models: ``latent_length`` 8 (LEPO: 32-64), ``top_k`` 30 as
+  LEPO, ``gumbel_tau`` 0.5 (LEPO: 0.3-0.5), ``learning_rate`` 1e-5 (LEPO: 1e-6 on 3B).
+
+Inference: ``L`` Gumbel soft tokens (seeded by the evaluator), then greedy decoding, as LEPO's
+evaluation samples its latents.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+from workbench.config import ConfigError, check_range
+from workbench.data.layout import prompt_ids, tokenize_examples
+from workbench.data.tokenizer import special_ids
+from workbench.engine.feedback import GumbelFeedback
+from workbench.engine.spec import LatentSpec
+from workbench.engine.stop import FixedSteps
+from workbench.methods.base import MethodRecord
+from workbench.rl import token_policy
+from workbench.rl.config import GroupPolicyConfig
+from workbench.rl.trainer import GroupPolicyTrainer
+
+NAME = "lepo"
+
+
+@dataclass
+class LEPOConfig(GroupPolicyConfig):
+    """:class:`~workbench.rl.config.GroupPolicyConfig` plus LEPO's soft-token settings."""
+
+    latent_length: int = 8
+    """Soft tokens at the start of every completion (LEPO: 32 or 64)."""
+    gumbel_tau: float = 0.5
+    """Gumbel-softmax temperature (LEPO's ``noise_strength``: 0.3-0.5)."""
+    max_completion_length: int = 48
+    """Discrete tokens after the soft ones (the rest of the rationale, ``<eot>``, the answer)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "latent_length", ge=1)
+        check_range(self, "gumbel_tau", gt=0)
+
+    def inference_spec(self) -> LatentSpec:
+        return LatentSpec(
+            feedback=GumbelFeedback(self.top_k, self.temperature, self.gumbel_tau),
+            stop=FixedSteps(self.latent_length),
+            max_latent_steps=self.latent_length,
+            append_eot=False,
+        )
+
+
+class LEPOPolicy:
+    """Soft-token rollouts of a CoT model; the soft positions are trained by score function."""
+
+    score_function_segments = ("latent",)
+
+    def __init__(self, tokenizer, cfg: LEPOConfig):
+        self.tok, self.cfg, self.sp = tokenizer, cfg, special_ids(tokenizer)
+
+    def _kw(self) -> dict:
+        c = self.cfg
+        return {
+            "soft_top_k": c.top_k,
+            "gumbel_tau": c.gumbel_tau,
+            "temperature": c.temperature,
+            "top_k": c.top_k,
+        }
+
+    def rollout(self, model, examples: list, seed: int):
+        prompts = [prompt_ids(t, self.sp) for t in tokenize_examples(examples, self.tok)]
+        ro = token_policy.rollout(
+            _lm(model),
+            self.tok,
+            prompts,
+            soft_tokens=self.cfg.latent_length,
+            max_completion_length=self.cfg.max_completion_length,
+            seed=seed,
+            **self._kw(),
+        )
+        return ro, {"answers": [e["answer"] for e in examples], "finished": ro.finished}
+
+    def log_probs(self, model, ro):
+        return token_policy.log_probs(_lm(model), ro, **self._kw())
+
+
+def _lm(model):
+    return model.lm if hasattr(model, "lm") else model
+
+
+def train(
+    data,
+    base=None,
+    *,
+    config: LEPOConfig | None = None,
+    train_config=None,
+    model_config=None,
+    callbacks=None,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+):
+    """LEPO from a CoT model ``base`` (copied, never modified)."""
+    from workbench.trained import TrainedModel
+
+    if time_budget_s is not None or train_config is not None:
+        raise ConfigError(
+            "lepo takes its optimizer settings from LEPOConfig (learning_rate, max_steps); pass "
+            "config=LEPOConfig(...) instead of train_config / time_budget_s"
+        )
+    if base is None or getattr(base, "spec", None) is not None:
+        raise ConfigError(
+            "lepo starts from an explicit-CoT model (method 'cot', no latent spec); got "
+            f"{getattr(base, 'method', base)!r}"
+        )
+    cfg = config or LEPOConfig(seed=seed)
+    model = copy.deepcopy(base.model)
+    trainer = GroupPolicyTrainer(
+        model, data.train, LEPOPolicy(data.tokenizer, cfg), cfg, callbacks=callbacks
+    )
+    trainer.train()
+    meta = {
+        "config": asdict(cfg),
+        "train_steps": trainer.trainer.step,
+        "seed": seed,
+        "data": data.describe(),
+    }
+    return TrainedModel(
+        NAME,
+        model,
+        data.tokenizer,
+        cfg.inference_spec(),
+        trainer.log_history.to_pandas(),
+        data.task,
+        data.test,
+        meta,
+    )
+
+
+RECORD = MethodRecord(
+    name=NAME,
+    summary="LEPO: Gumbel soft tokens then discrete tokens, one GRPO gradient for both",
+    train=train,
+    config_cls=LEPOConfig,
+    needs_base=True,
+    takes_train_config=False,
+)
