@@ -45,6 +45,13 @@ SMOKE_PARAMS: dict[str, dict] = {
         "train_size": 400,
         "test_size": 16,
     },
+    "04_rl.ipynb": {
+        "steps": 2,
+        "questions": 2,
+        "generations": 3,
+        "latent_length": 2,
+        "test_size": 16,
+    },
     "02_latent_sft.ipynb": {
         "init_from": "scratch",
         "cot_minutes": 0.1,

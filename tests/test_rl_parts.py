@@ -153,3 +153,27 @@ def test_config_uses_trl_names_and_checks_them():
     ]:
         with pytest.raises(ConfigError, match=field):
             GroupPolicyConfig(**bad)
+
+
+def test_rl_diagnostics():
+    import pandas as pd
+
+    from workbench.rl.diagnostics import distinct_per_group, reward_curves, rl_curves
+
+    class Ro:  # two groups of 3: the first all alike, the second with one different latent
+        latents = torch.zeros(6, 2, 4)
+        answer = torch.zeros(6, 3, dtype=torch.long)
+
+    Ro.latents[5, 1, 0] = 0.5
+    assert distinct_per_group(Ro, 3)["distinct"].tolist() == [1, 2]
+    h = pd.DataFrame(
+        {
+            "step": [1, 2],
+            "reward": [0.1, 0.3],
+            "reward_std": [0.05, 0.0],
+            "clip_ratio/region_mean": [0.0, 0.2],
+        }
+    )
+    fig = reward_curves({"run": h})
+    assert list(fig.data[0].y) == [0.1, 0.3] and len(fig.data) == 2  # the mean and its band
+    assert [t.name for t in rl_curves({"run": h}).data] == ["run: clip_ratio/region_mean"]

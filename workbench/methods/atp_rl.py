@@ -175,5 +175,6 @@ RECORD = MethodRecord(
     alignment=alignment,
     needs_base=True,
     takes_train_config=False,
+    notebook="04_rl.ipynb",
     decode_steps=decode_latents,
 )

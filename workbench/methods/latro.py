@@ -186,4 +186,5 @@ RECORD = MethodRecord(
     config_cls=LaTROConfig,
     needs_base=True,
     takes_train_config=False,
+    notebook="04_rl.ipynb",
 )

@@ -160,4 +160,5 @@ RECORD = MethodRecord(
     config_cls=LEPOConfig,
     needs_base=True,
     takes_train_config=False,
+    notebook="04_rl.ipynb",
 )

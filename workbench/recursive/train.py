@@ -19,7 +19,9 @@ Deviations from RESEARCH 4.1-4.2: AdamW instead of AdamATan2; softmax CE in floa
 stablemax in float64; no bf16; examples are drawn with replacement rather than by epochs; the
 DIS path schedule reveals ``max(s, floor(s * n_diff / n_sup))`` cells at step s (capped at
 n_diff), so that every step moves strictly closer even when a puzzle has fewer blanks than
-n_sup (the DIS code's ``floor`` alone would repeat a target); the default lr/wd/EMA follow 4.3.
+n_sup (the DIS code's ``floor`` alone would repeat a target); a row's exploration depth is drawn
+once when it enters the batch (TRM redraws it every step); the gradient norm is clipped at 1.0
+by default (TRM does not clip). The default lr/wd/EMA/batch follow 4.3.
 """
 
 from __future__ import annotations
@@ -256,7 +258,11 @@ class RecursiveTrainer:
     # --------------------------------------------------------------------------- the loop
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> list[dict]:
-        """Train until ``steps`` or ``max_seconds`` (counted across calls); returns the log."""
+        """Train until ``steps`` or ``max_seconds`` (counted across calls); returns the log.
+
+        A record averages the steps since the previous one; the last, partial window is
+        logged too when the time budget ends it.
+        """
         cfg = self.cfg
         t0 = time.perf_counter() - self.seconds
         sums: dict[str, float] = {}
@@ -271,19 +277,26 @@ class RecursiveTrainer:
             self.global_step += 1
             self.seconds = time.perf_counter() - t0
             if self.global_step % cfg.log_every == 0 or self.global_step == cfg.steps:
-                n_halted, depth = sums.pop("n_halted"), sums.pop("halted_depth")
-                record = {
-                    "step": self.global_step,
-                    "seconds": round(self.seconds, 3),
-                    "lr": self.scheduler.get_last_lr()[0],
-                    **{k: v / n for k, v in sums.items()},
-                    "halt_depth": depth / n_halted if n_halted else float("nan"),
-                }
-                self.log_history.append(record)
+                stop = self._log(sums, n, callbacks)
                 sums, n = {}, 0
-                if any([bool(cb(self, record)) for cb in callbacks]):
+                if stop:
                     break
+        if n:
+            self._log(sums, n, callbacks)
         return self.log_history
+
+    def _log(self, sums: dict[str, float], n: int, callbacks: Sequence[Callback]) -> bool:
+        """Append the mean of ``n`` steps' metrics; True if a callback asks to stop."""
+        n_halted, depth = sums.pop("n_halted"), sums.pop("halted_depth")
+        record = {
+            "step": self.global_step,
+            "seconds": round(self.seconds, 3),
+            "lr": self.scheduler.get_last_lr()[0],
+            **{k: v / n for k, v in sums.items()},
+            "halt_depth": depth / n_halted if n_halted else float("nan"),
+        }
+        self.log_history.append(record)
+        return any([bool(cb(self, record)) for cb in callbacks])
 
     def save(self, path: str | Path) -> Path:
         """Save :attr:`eval_model` (EMA weights when enabled) to folder ``path``."""

@@ -21,8 +21,8 @@ A ``policy`` has ``rollout(model, examples, seed) -> (Rollouts, reward_kwargs)``
 ``-A * score`` without a ratio: LEPO's soft tokens, whose score is ``-soft_ce``) and
 ``extra_loss(model, rollouts) -> (loss, metrics)`` (LaTRO's SFT term). Logged keys follow TRL
 (ECOSYSTEM 7): ``reward``, ``reward_std``, ``rewards/<name>/mean``, ``frac_reward_zero_std``,
-``kl``, ``clip_ratio/*``, ``completions/mean_length``, plus ``latents/mean`` and
-``loss/<segment>``.
+``kl``, ``clip_ratio/*``, ``completions/mean_length``, plus ``latents/mean``,
+``distinct_per_group`` (distinct trajectories among a question's ``G``) and ``loss/<segment>``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 
 from workbench.rl.advantages import group_advantages
 from workbench.rl.config import GroupPolicyConfig
+from workbench.rl.diagnostics import distinct_per_group
 from workbench.rl.loss import clipped_policy_loss
 from workbench.rl.rewards import RewardError, compute_rewards
 
@@ -83,6 +84,7 @@ class GroupPolicyLoss:
             "frac_reward_zero_std": float((stds == 0).float().mean()),
             "completions/mean_length": float(lengths.mean()),
             "latents/mean": float(ro.n_latent.float().mean()),
+            "distinct_per_group": float(distinct_per_group(ro, G)["distinct"].mean()),
             **{f"rewards/{k}/mean": float(v.mean()) for k, v in parts.items()},
         }
         self._id = rollout_id
