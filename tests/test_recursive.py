@@ -187,6 +187,15 @@ def test_callbacks_see_records_and_can_stop_training(puzzles4):
     assert {"step", "loss", "cell_acc", "exact_acc", "halt_depth", "seconds"} <= set(log[-1])
 
 
+def test_time_budget_stops_training_and_logs_the_partial_window(puzzles4):
+    mcfg = preset("single", size=4, **TINY)
+    tcfg = TrainConfig(steps=10**6, max_seconds=0.3, batch_size=8, log_every=10**5)
+    tr = RecursiveTrainer(mcfg, tcfg, puzzles4)
+    log = tr.fit()
+    assert 0 < tr.global_step < 10**6 and log[-1]["step"] == tr.global_step
+    assert tr.seconds == pytest.approx(0.3, abs=0.2)
+
+
 def test_exploration_forces_a_minimum_depth(puzzles4):
     mcfg = preset("trm", size=4, **{**TINY, "n_sup": 5})
     tr = RecursiveTrainer(mcfg, TrainConfig(batch_size=64, halt_explore_prob=1.0), puzzles4)
