@@ -67,4 +67,12 @@ SMOKE_PARAMS: dict[str, dict] = {
         "max_latent_steps": 4,
     },
     "05_latent_trajectories.ipynb": {"smoke": True, "n_examples": 8, "top_k": 5},
+    "06_recursive.ipynb": {
+        "init_from": "scratch",
+        "train_steps": 3,
+        "train_size": 40,
+        "test_size": 16,
+        "hidden": 16,
+        "layers": 1,
+    },
 }

@@ -11,7 +11,9 @@ A non-positive margin means the step did not push the correct digit up more than
 average: "dead compute". It also counts forward passes of the net (NFP) per example, with and
 without the Q-head's halting, and sweeps the guidance weight w of ℓ_u + w Δℓ at the last step.
 Deviation from RESEARCH 4.3: the readouts are per supervision step (ℓ_u is the previous step's
-ℓ_c), not per inner recursion. Everything returns a DataFrame or a plotly figure.
+ℓ_c), not per inner recursion. Everything returns a DataFrame or a plotly figure;
+:func:`grid_figure` draws one puzzle's prediction and confidence (the scrubber's picture,
+:mod:`workbench.recursive.widget`).
 """
 
 from __future__ import annotations
@@ -209,3 +211,187 @@ def plot_nfp(nfp_df: pd.DataFrame, title: str = "Forward passes per example") ->
         fig.add_trace(go.Histogram(x=part["nfp_halt"], name=name))
     fig.update_layout(barmode="stack", title=title, xaxis_title="NFP", yaxis_title="examples")
     return fig
+
+
+def _flat(values, name: str, n_cells: int | None = None) -> list:
+    if isinstance(values, str):
+        out = [0 if ch == "." else int(ch) for ch in values]
+    elif isinstance(values, torch.Tensor):
+        out = values.flatten().tolist()
+    else:
+        out = list(values)
+    if n_cells is not None and len(out) != n_cells:
+        raise ValueError(f"grid_figure: {name} has {len(out)} cells, expected {n_cells}")
+    return out
+
+
+def grid_figure(
+    puzzle,
+    prediction,
+    confidence,
+    solution=None,
+    title: str | None = None,
+) -> go.Figure:
+    """One Sudoku grid: the prediction's digits over a heatmap of per-cell confidence.
+
+    ``puzzle``, ``prediction`` and ``solution`` are ``cells`` digits each (a string like
+    ``"1030..."``, a list or a 1-D tensor; 0 = blank), ``confidence`` ``cells`` numbers in [0, 1]
+    (e.g. the softmax probability of the predicted digit). Traces, by name:
+
+    * ``"confidence"``: a heatmap (row 0 at the top) of the non-given cells, with their predicted
+      digit as text (``·`` for a predicted blank); givens are left grey;
+    * ``"givens"``: the givens' digits in bold, one point per given;
+    * ``"wrong"``: a red open square on every cell whose prediction differs from ``solution``
+      (only when a solution is given; a given the model overwrites counts too).
+
+    Box borders are layout shapes. Points have x = column and y = row.
+    """
+    p = _flat(puzzle, "puzzle")
+    n = len(p)
+    size = round(n**0.5)
+    if size * size != n:
+        raise ValueError(f"grid_figure: {n} cells is not a square grid")
+    pred = _flat(prediction, "prediction", n)
+    conf = [float(c) for c in _flat(confidence, "confidence", n)]
+    sol = _flat(solution, "solution", n) if solution is not None else None
+
+    def rows(values):
+        return [values[r * size : (r + 1) * size] for r in range(size)]
+
+    z = [None if p[i] else conf[i] for i in range(n)]
+    text = ["" if p[i] else (str(pred[i]) if pred[i] else "·") for i in range(n)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=rows(z),
+            text=rows(text),
+            texttemplate="%{text}",
+            textfont={"size": 22 if size <= 4 else 14},
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            colorbar={"title": "confidence"},
+            hovertemplate="row %{y}, col %{x}<br>predicted %{text}<br>confidence %{z:.3f}"
+            "<extra></extra>",
+            name="confidence",
+            xgap=1,
+            ygap=1,
+        )
+    )
+    given = [i for i in range(n) if p[i]]
+    fig.add_trace(
+        go.Scatter(
+            x=[i % size for i in given],
+            y=[i // size for i in given],
+            text=[f"<b>{p[i]}</b>" for i in given],
+            mode="text",
+            textfont={"size": 22 if size <= 4 else 14, "color": "black"},
+            hovertemplate="given %{text}<extra></extra>",
+            name="givens",
+        )
+    )
+    wrong = [i for i in range(n) if sol is not None and pred[i] != sol[i]]
+    fig.add_trace(
+        go.Scatter(
+            x=[i % size for i in wrong],
+            y=[i // size for i in wrong],
+            mode="markers",
+            marker={
+                "symbol": "square-open",
+                "color": "#d62728",
+                "size": 44 if size <= 4 else 26,
+                "line": {"width": 3},
+            },
+            customdata=[sol[i] for i in wrong] if sol is not None else [],
+            hovertemplate="wrong: should be %{customdata}<extra></extra>",
+            name="wrong",
+        )
+    )
+    box = round(size**0.5)
+    for k in range(0, size + 1, box):
+        line = {"color": "black", "width": 3}
+        fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=-0.5, y1=size - 0.5, line=line)
+        fig.add_shape(type="line", y0=k - 0.5, y1=k - 0.5, x0=-0.5, x1=size - 0.5, line=line)
+    side = 80 * size if size <= 4 else 50 * size
+    fig.update_layout(
+        title=title,
+        width=side + 160,
+        height=side + 80,
+        showlegend=False,
+        plot_bgcolor="#d9d9d9",
+        margin={"l": 20, "r": 20, "t": 50 if title else 20, "b": 20},
+        xaxis={
+            "showticklabels": False,
+            "showgrid": False,
+            "zeroline": False,
+            "range": [-0.5, size - 0.5],
+            "constrain": "domain",
+        },  # fmt: skip
+        yaxis={
+            "showticklabels": False,
+            "showgrid": False,
+            "zeroline": False,
+            "range": [size - 0.5, -0.5],
+            "scaleanchor": "x",
+        },  # fmt: skip
+    )
+    return fig
+
+
+def plot_arms(
+    tables: dict[str, pd.DataFrame], y: str = "exact_acc", title: str | None = None
+) -> go.Figure:
+    """One line per arm of a :func:`step_summary` column ``y`` against the cumulative NFP, so
+    arms with different compute per step share one axis (a point per supervision step)."""
+    fig = go.Figure()
+    for arm, table in tables.items():
+        fig.add_trace(
+            go.Scatter(
+                x=table["nfp"],
+                y=table[y],
+                mode="lines+markers",
+                name=arm,
+                customdata=table["step"],
+                hovertemplate=f"{arm} step %{{customdata}}<br>NFP %{{x}}<br>{y} %{{y:.3f}}"
+                "<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or f"{y} per supervision step",
+        xaxis_title="forward passes of the net (NFP, cumulative)",
+        yaxis_title=y,
+    )
+    if y.endswith("_acc"):
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def plot_guidance(sweeps: dict[str, pd.DataFrame], title: str = "Guidance sweep") -> go.Figure:
+    """Exact (solid) and cell (dotted) accuracy of ℓ_u + w Δℓ against w, one colour per arm."""
+    fig = go.Figure()
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+    for k, (arm, df) in enumerate(sweeps.items()):
+        c = colors[k % len(colors)]
+        fig.add_trace(
+            go.Scatter(x=df["w"], y=df["exact_acc"], name=f"{arm} exact", line={"color": c})
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=df["w"], y=df["cell_acc"], name=f"{arm} cell", line={"color": c, "dash": "dot"}
+            )
+        )
+    fig.add_vline(x=1.0, line={"color": "grey", "dash": "dash"})
+    fig.update_layout(
+        title=title,
+        xaxis_title="w (1 = the plain model)",
+        yaxis={"title": "accuracy", "range": [0, 1.02]},
+    )
+    return fig
+
+
+def best_guidance(sweep: pd.DataFrame) -> pd.Series:
+    """The row of a :func:`guidance_sweep` with the best exact, then cell, accuracy; ties go to
+    the w nearest 1 (the plain model), so a flat sweep reports w = 1."""
+    order = sweep.assign(_d=(sweep["w"] - 1.0).abs()).sort_values(
+        ["exact_acc", "cell_acc", "_d"], ascending=[False, False, True], kind="stable"
+    )
+    return order.drop(columns="_d").iloc[0]
