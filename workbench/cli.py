@@ -211,11 +211,17 @@ def cmd_build_checkpoints(args) -> int:
     if args.methods:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     tasks = [SHIPPED_TASK, *(t for t, r in RECIPES.items() if r.shipped and t != SHIPPED_TASK)]
+    tasks.append("sudoku")  # the recursive reasoners (workbench.recursive.shipped)
     if args.task != "all":
         tasks = [args.task]
     summaries = {}
     for task in tasks:
-        if task == SHIPPED_TASK:
+        if task == "sudoku":
+            from workbench.recursive.shipped import build_recursive_checkpoints
+
+            out = Path(args.out) if args.out else None
+            summaries[task] = build_recursive_checkpoints(out, seed=args.seed)
+        elif task == SHIPPED_TASK:
             summaries[task] = build_checkpoints(args.out, methods=methods, cot_minutes=args.minutes,
                                                 d_model=args.d_model, seed=args.seed)  # fmt: skip
         else:
@@ -301,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         default="all",
         help="multiplication (checkpoints/<method>), a recipe task such as arithmetic "
-        "(checkpoints/<task>/<row>), or all (default)",
+        "(checkpoints/<task>/<row>), sudoku (the recursive reasoners), or all (default)",
     )
     b.add_argument(
         "--reuse",
