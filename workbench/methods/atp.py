@@ -68,12 +68,18 @@ from workbench.lens.logit_lens import join_tokens
 from workbench.methods.base import (
     MethodRecord,
     default_train_config,
+    lm_of,
     run_curriculum,
     starting_model,
     trainable_net,
     val_accuracy_fn,
 )
-from workbench.methods.coconut import latent_step_nll, replaced_steps, step_decoder_nll
+from workbench.methods.coconut import (
+    latent_step_nll,
+    make_step_decoder,
+    replaced_steps,
+    step_decoder_nll,
+)
 
 NAME = "atp"
 DECODERS = ("copy", "small", "shared")
@@ -254,7 +260,7 @@ class ATPLoss:
         return cfg.kl_weight * min(1.0, self.trainer.step / cfg.kl_warmup_steps)
 
     def __call__(self, model, batch):
-        lm = model.lm if hasattr(model, "lm") else model
+        lm = lm_of(model)
         cfg = self.cfg
         out = latent_forward(lm, batch, self.feedback)
         loss_lm = shifted_ce(out.logits, batch["labels"])
@@ -291,17 +297,9 @@ class ATPLoss:
 
 
 def make_decoder(cfg: ATPConfig, model, tokenizer, seed: int = 0):
-    """The step decoder (``None`` for ``shared``: the backbone decodes)."""
-    from workbench.models.build import ModelConfig, build_model
-
-    if cfg.step_decoder == "shared":
-        return None
-    if cfg.step_decoder == "copy":
-        return copy.deepcopy(model)
-    d = model.config.hidden_size
-    heads = next(h for h in (4, 2, 1) if d % h == 0)
-    return build_model(ModelConfig(n_layer=1, d_model=d, n_head=heads, max_positions=128),
-                       tokenizer, seed=seed)  # fmt: skip
+    """The step decoder (Coconut's ``copy`` / ``small``; ``None`` for ``shared``: the backbone
+    decodes)."""
+    return make_step_decoder(cfg, model, tokenizer, seed, max_positions=128)
 
 
 def check_width(rule, d_model: int, where: str) -> None:

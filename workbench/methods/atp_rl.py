@@ -37,11 +37,11 @@ from workbench.engine.feedback import GaussianFeedback
 from workbench.engine.stop import StepStopHead
 from workbench.lens.logit_lens import join_tokens
 from workbench.methods.atp import DECODER_PART, ATPConfig, decode_latents, greedy_decode
-from workbench.methods.base import MethodRecord, trainable_net
+from workbench.methods.base import MethodRecord, lm_of, trainable_net
 from workbench.rl import gaussian_policy
 from workbench.rl.config import GroupPolicyConfig
 from workbench.rl.rewards import RewardConfig
-from workbench.rl.trainer import GroupPolicyTrainer
+from workbench.rl.trainer import GroupPolicyTrainer, frozen_copy, refuse_trainer_settings
 
 NAME = "atp_rl"
 
@@ -77,7 +77,7 @@ class ATPPolicy:
         texs = tokenize_examples(examples, self.tok)
         prompts = [prompt_ids(t, self.sp) for t in texs]
         ro = gaussian_policy.rollout(
-            net.lm, self.tok, prompts, self.feedback, self.stop, max_latents=self.atp.n_latent,
+            lm_of(net), self.tok, prompts, self.feedback, self.stop, max_latents=self.atp.n_latent,
             max_completion_length=self.cfg.max_completion_length, seed=seed, **self._kw(),
         )  # fmt: skip
         return ro, {
@@ -104,8 +104,7 @@ class ATPPolicy:
         return out
 
     def log_probs(self, net, ro):
-        lm = net.lm if hasattr(net, "lm") else net
-        return gaussian_policy.log_probs(lm, self.feedback, self.stop, ro, **self._kw())
+        return gaussian_policy.log_probs(lm_of(net), self.feedback, self.stop, ro, **self._kw())
 
 
 def train(
@@ -122,11 +121,7 @@ def train(
     """GRPO from an ATP-Latent CVAE model ``base`` (copied, never modified)."""
     from workbench.trained import TrainedModel
 
-    if time_budget_s is not None or train_config is not None:
-        raise ConfigError(
-            "atp_rl takes its optimizer settings from ATPRLConfig (learning_rate, max_steps); "
-            "pass config=ATPRLConfig(...) instead of train_config / time_budget_s"
-        )
+    refuse_trainer_settings(NAME, "ATPRLConfig", train_config, time_budget_s)
     spec = getattr(base, "spec", None)
     if spec is None or not isinstance(spec.feedback, GaussianFeedback):
         raise ConfigError(
@@ -138,22 +133,11 @@ def train(
     model = copy.deepcopy(base.model)
     feedback = copy.deepcopy(spec.feedback).with_mode("sample")
     stop = copy.deepcopy(spec.stop)
-    decoder = copy.deepcopy(base.parts.get(DECODER_PART, base.model)).eval()
-    for p in decoder.parameters():
-        p.requires_grad_(False)
+    decoder = frozen_copy(base.parts.get(DECODER_PART, base.model))
     net = trainable_net(model, feedback, stop)
     policy = ATPPolicy(data.tokenizer, feedback, stop, decoder, atp_cfg, cfg)
-    trainer = GroupPolicyTrainer(net, data.train, policy, cfg, callbacks=callbacks)
-    trainer.train()
-    hist = trainer.log_history.to_pandas()
-    meta = {
-        "config": asdict(cfg),
-        "atp_config": asdict(atp_cfg),
-        "train_steps": trainer.trainer.step,
-        "seed": seed,
-        "data": data.describe(),
-        "base": base.meta.get("recipe_row", base.method),
-    }
+    hist, meta = GroupPolicyTrainer(net, data.train, policy, cfg, callbacks=callbacks).fit(data)
+    meta.update(atp_config=asdict(atp_cfg), base=base.meta.get("recipe_row", base.method))
     parts = {DECODER_PART: decoder} if DECODER_PART in base.parts else {}
     out_spec = atp_cfg.inference_spec(feedback, stop)
     return TrainedModel(NAME, model, data.tokenizer, out_spec, hist, data.task, data.test, meta,

@@ -96,7 +96,7 @@ def val_accuracy_fn(tokenizer, examples, spec_fn):
 
     def eval_fn(trainer):
         model = trainer.unwrapped_model
-        lm = model.lm if hasattr(model, "lm") else model
+        lm = lm_of(model)
         res = evaluate(lm, tokenizer, examples, spec=spec_fn())
         return {
             "accuracy": res.summary["accuracy"],
@@ -125,6 +125,11 @@ def trainable_net(model, *parts):
     """
     parts = [p for p in parts if p is not None and any(True for _ in p.parameters())]
     return LatentLM(model, *parts) if parts else model
+
+
+def lm_of(net):
+    """The LM inside ``net`` (a :class:`LatentLM`), or ``net`` itself."""
+    return net.lm if isinstance(net, LatentLM) else net
 
 
 class LatentLM(torch.nn.Module):

@@ -59,6 +59,7 @@ from workbench.lens.alignment import Alignment
 from workbench.methods.base import (
     MethodRecord,
     default_train_config,
+    lm_of,
     run_curriculum,
     starting_model,
     trainable_net,
@@ -202,7 +203,7 @@ class CoconutLoss:
         self.feedback, self.cfg, self.decoder = feedback, cfg or CoconutConfig(), decoder
 
     def __call__(self, model, batch):
-        lm = model.lm if hasattr(model, "lm") else model
+        lm = lm_of(model)
         out = latent_forward(lm, batch, self.feedback)
         loss = shifted_ce(out.logits, batch["labels"])
         metrics = {"latents": float(batch["n_latent"].float().mean())}
@@ -295,19 +296,20 @@ def _append_end(ids: torch.Tensor, lens: torch.Tensor, end_id: int):
     return out.masked_fill(at_end, end_id), torch.where(lens > 0, lens + 1, lens)
 
 
-def make_step_decoder(cfg: CoconutConfig, model, tokenizer, seed: int = 0):
-    """The auxiliary step decoder of ``cfg.step_decoder`` (``None`` for ``none``)."""
+def make_step_decoder(cfg, model, tokenizer, seed: int = 0, max_positions: int = 256):
+    """The auxiliary step decoder of ``cfg.step_decoder``: ``copy`` (of ``model``), ``small`` (a
+    fresh 1-layer LM of its width), else ``None``."""
     import copy
 
     from workbench.models.build import ModelConfig, build_model
 
-    if cfg.step_decoder == "none":
-        return None
     if cfg.step_decoder == "copy":
         return copy.deepcopy(model)
+    if cfg.step_decoder != "small":
+        return None
     d = model.config.hidden_size
     heads = next(h for h in (4, 2, 1) if d % h == 0)
-    small = ModelConfig(n_layer=1, d_model=d, n_head=heads, max_positions=256)
+    small = ModelConfig(n_layer=1, d_model=d, n_head=heads, max_positions=max_positions)
     return build_model(small, tokenizer, seed=seed)
 
 

@@ -24,18 +24,23 @@ Inference is the CoT model's own: it writes its rationale, ``<eot>`` and the ans
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
-from workbench.config import ConfigError, check_range
+from workbench.config import check_range
 from workbench.data.layout import prompt_ids, tokenize_examples
 from workbench.data.tokenizer import special_ids
-from workbench.methods.base import MethodRecord
+from workbench.methods.base import MethodRecord, lm_of
 from workbench.rl import token_policy
 from workbench.rl.config import GroupPolicyConfig
 from workbench.rl.rewards import RewardConfig
-from workbench.rl.trainer import GroupPolicyTrainer
+from workbench.rl.trainer import (
+    GroupPolicyTrainer,
+    frozen_copy,
+    refuse_trainer_settings,
+    require_cot_start,
+)
 
 NAME = "latro"
 
@@ -87,7 +92,7 @@ class LaTROPolicy:
     def rollout(self, model, examples: list, seed: int):
         texs = tokenize_examples(examples, self.tok)
         prompts = [prompt_ids(t, self.sp) for t in texs]
-        lm = _lm(model)
+        lm = lm_of(model)
         ro = token_policy.rollout(
             lm,
             self.tok,
@@ -115,18 +120,14 @@ class LaTROPolicy:
         }
 
     def log_probs(self, model, ro):
-        return token_policy.log_probs(_lm(model), ro, soft_top_k=1, **self._kw())
+        return token_policy.log_probs(lm_of(model), ro, soft_top_k=1, **self._kw())
 
     def extra_loss(self, model, ro):
         if not self.cfg.sft_weight:
             return torch.zeros(()), {}
         xz, y = self._y_inputs(ro)
-        nll = -token_policy.sequence_log_prob(_lm(model), xz, y, self.sp.pad).mean()
+        nll = -token_policy.sequence_log_prob(lm_of(model), xz, y, self.sp.pad).mean()
         return self.cfg.sft_weight * nll, {"loss/sft": float(nll.detach())}
-
-
-def _lm(model):
-    return model.lm if hasattr(model, "lm") else model
 
 
 def train(
@@ -143,40 +144,13 @@ def train(
     """LaTRO from a CoT model ``base`` (copied, never modified; a frozen copy is the prior)."""
     from workbench.trained import TrainedModel
 
-    if time_budget_s is not None or train_config is not None:
-        raise ConfigError(
-            "latro takes its optimizer settings from LaTROConfig (learning_rate, max_steps); "
-            "pass config=LaTROConfig(...) instead of train_config / time_budget_s"
-        )
-    if base is None or getattr(base, "spec", None) is not None:
-        raise ConfigError(
-            "latro starts from an explicit-CoT model (method 'cot', no latent spec); got "
-            f"{getattr(base, 'method', base)!r}"
-        )
+    refuse_trainer_settings(NAME, "LaTROConfig", train_config, time_budget_s)
+    require_cot_start(NAME, base)
     cfg = config or LaTROConfig(seed=seed)
     model = copy.deepcopy(base.model)
-    reference = copy.deepcopy(base.model).eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    policy = LaTROPolicy(data.tokenizer, cfg, reference)
-    trainer = GroupPolicyTrainer(model, data.train, policy, cfg, callbacks=callbacks)
-    trainer.train()
-    meta = {
-        "config": asdict(cfg),
-        "train_steps": trainer.trainer.step,
-        "seed": seed,
-        "data": data.describe(),
-    }
-    return TrainedModel(
-        NAME,
-        model,
-        data.tokenizer,
-        None,
-        trainer.log_history.to_pandas(),
-        data.task,
-        data.test,
-        meta,
-    )
+    policy = LaTROPolicy(data.tokenizer, cfg, frozen_copy(base.model))
+    hist, meta = GroupPolicyTrainer(model, data.train, policy, cfg, callbacks=callbacks).fit(data)
+    return TrainedModel(NAME, model, data.tokenizer, None, hist, data.task, data.test, meta)
 
 
 RECORD = MethodRecord(

@@ -26,18 +26,22 @@ evaluation samples its latents.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from workbench.config import ConfigError, check_range
+from workbench.config import check_range
 from workbench.data.layout import prompt_ids, tokenize_examples
 from workbench.data.tokenizer import special_ids
 from workbench.engine.feedback import GumbelFeedback
 from workbench.engine.spec import LatentSpec
 from workbench.engine.stop import FixedSteps
-from workbench.methods.base import MethodRecord
+from workbench.methods.base import MethodRecord, lm_of
 from workbench.rl import token_policy
 from workbench.rl.config import GroupPolicyConfig
-from workbench.rl.trainer import GroupPolicyTrainer
+from workbench.rl.trainer import (
+    GroupPolicyTrainer,
+    refuse_trainer_settings,
+    require_cot_start,
+)
 
 NAME = "lepo"
 
@@ -87,7 +91,7 @@ class LEPOPolicy:
     def rollout(self, model, examples: list, seed: int):
         prompts = [prompt_ids(t, self.sp) for t in tokenize_examples(examples, self.tok)]
         ro = token_policy.rollout(
-            _lm(model),
+            lm_of(model),
             self.tok,
             prompts,
             soft_tokens=self.cfg.latent_length,
@@ -98,11 +102,7 @@ class LEPOPolicy:
         return ro, {"answers": [e["answer"] for e in examples], "finished": ro.finished}
 
     def log_probs(self, model, ro):
-        return token_policy.log_probs(_lm(model), ro, **self._kw())
-
-
-def _lm(model):
-    return model.lm if hasattr(model, "lm") else model
+        return token_policy.log_probs(lm_of(model), ro, **self._kw())
 
 
 def train(
@@ -119,38 +119,14 @@ def train(
     """LEPO from a CoT model ``base`` (copied, never modified)."""
     from workbench.trained import TrainedModel
 
-    if time_budget_s is not None or train_config is not None:
-        raise ConfigError(
-            "lepo takes its optimizer settings from LEPOConfig (learning_rate, max_steps); pass "
-            "config=LEPOConfig(...) instead of train_config / time_budget_s"
-        )
-    if base is None or getattr(base, "spec", None) is not None:
-        raise ConfigError(
-            "lepo starts from an explicit-CoT model (method 'cot', no latent spec); got "
-            f"{getattr(base, 'method', base)!r}"
-        )
+    refuse_trainer_settings(NAME, "LEPOConfig", train_config, time_budget_s)
+    require_cot_start(NAME, base)
     cfg = config or LEPOConfig(seed=seed)
     model = copy.deepcopy(base.model)
-    trainer = GroupPolicyTrainer(
-        model, data.train, LEPOPolicy(data.tokenizer, cfg), cfg, callbacks=callbacks
-    )
-    trainer.train()
-    meta = {
-        "config": asdict(cfg),
-        "train_steps": trainer.trainer.step,
-        "seed": seed,
-        "data": data.describe(),
-    }
-    return TrainedModel(
-        NAME,
-        model,
-        data.tokenizer,
-        cfg.inference_spec(),
-        trainer.log_history.to_pandas(),
-        data.task,
-        data.test,
-        meta,
-    )
+    policy = LEPOPolicy(data.tokenizer, cfg)
+    hist, meta = GroupPolicyTrainer(model, data.train, policy, cfg, callbacks=callbacks).fit(data)
+    return TrainedModel(NAME, model, data.tokenizer, cfg.inference_spec(), hist, data.task,
+                        data.test, meta)  # fmt: skip
 
 
 RECORD = MethodRecord(

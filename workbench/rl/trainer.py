@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict
 
 import torch
 
+from workbench.config import ConfigError
 from workbench.rl.advantages import group_advantages
 from workbench.rl.config import GroupPolicyConfig
 from workbench.rl.diagnostics import distinct_per_group
@@ -147,6 +149,32 @@ class GroupPolicyLoss:
         return loss, metrics
 
 
+def frozen_copy(module):
+    """A copy of ``module`` in eval mode with no trainable parameters (a reference, a prior)."""
+    frozen = copy.deepcopy(module).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def refuse_trainer_settings(method: str, config_name: str, train_config, time_budget_s) -> None:
+    """RL methods take their optimizer settings from their config: refuse the supervised ones."""
+    if time_budget_s is not None or train_config is not None:
+        raise ConfigError(
+            f"{method} takes its optimizer settings from {config_name} (learning_rate, "
+            f"max_steps); pass config={config_name}(...) instead of train_config / time_budget_s"
+        )
+
+
+def require_cot_start(method: str, base) -> None:
+    """Token-policy methods start from an explicit-CoT model (no latent spec)."""
+    if base is None or getattr(base, "spec", None) is not None:
+        raise ConfigError(
+            f"{method} starts from an explicit-CoT model (method 'cot', no latent spec); got "
+            f"{getattr(base, 'method', base)!r}"
+        )
+
+
 class GroupPolicyTrainer:
     """Group-policy RL of ``net`` (the model and its heads) on ``examples`` with ``policy``."""
 
@@ -155,11 +183,7 @@ class GroupPolicyTrainer:
                  progress: bool = False):  # fmt: skip
         from workbench.train import TrainConfig, Trainer
 
-        reference = None
-        if cfg.beta > 0:
-            reference = copy.deepcopy(net).eval()
-            for p in reference.parameters():
-                p.requires_grad_(False)
+        reference = frozen_copy(net) if cfg.beta > 0 else None
         self.loss_fn = GroupPolicyLoss(policy, cfg, reference)
         tc = TrainConfig(
             batch_size=cfg.per_device_train_batch_size,
@@ -185,3 +209,11 @@ class GroupPolicyTrainer:
     def train(self):
         """Run ``max_steps`` optimizer steps; returns the log history."""
         return self.trainer.train()
+
+    def fit(self, data) -> tuple:
+        """Train, then ``(history DataFrame, meta)`` for the ``TrainedModel``."""
+        self.train()
+        cfg = self.loss_fn.cfg
+        meta = {"config": asdict(cfg), "train_steps": self.trainer.step, "seed": cfg.seed,
+                "data": data.describe()}  # fmt: skip
+        return self.log_history.to_pandas(), meta
