@@ -94,7 +94,10 @@ def test_gumbel_groups_explore_where_greedy_latents_do_not(cot, data):
         max_new_tokens=4,
         append_eot=False,
     )
-    assert len({tuple(r) for r in greedy.trace.embeds.flatten(1).tolist()}) == 1
+    # identical rows of one batch may differ in the last float bits (CPU kernels split a batch
+    # unevenly), so trajectories are compared at 1e-4, as the soft tokens above
+    rows = greedy.trace.embeds.flatten(1).round(decimals=4)
+    assert len({tuple(r) for r in rows.tolist()}) == 1
 
 
 def _small(cls, **kw):

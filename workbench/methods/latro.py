@@ -15,6 +15,10 @@ Deliberate deviations:
   gradient is LaTRO's REINFORCE term;
 * the stop sequence is the workbench's single ``<eot>`` token; a rationale that never writes it
   is scored with ``<eot>`` appended (LaTRO replaces its reward by ``2 * mean(r)``);
+* ``log pi_0(z | x)`` is the prior's full softmax at temperature 1, while ``log pi(z | x)`` is
+  the filtered distribution the rollout sampled from: under the prior's own top-k, a token the
+  moved policy samples outside it scored ``-inf`` and stopped training (seen on a tiny model
+  after a few updates at lr 1e-3);
 * ``kl_coef`` 0.05 as LaTRO, ``num_generations`` 8 (LaTRO: 16), ``learning_rate`` 1e-5 (LaTRO:
   5e-7 on 8B models).
 
@@ -110,7 +114,9 @@ class LaTROPolicy:
         with torch.no_grad():
             xz, y = self._y_inputs(ro)
             log_py = token_policy.sequence_log_prob(lm, xz, y, self.sp.pad).cpu()
-            ref = token_policy.log_probs(self.ref, ro, soft_top_k=1, **self._kw())["answer"]
+            # the prior's full softmax: under its top-k, a token the moved policy samples
+            # outside that top-k would have log-probability -inf and the reward would be -inf
+            ref = token_policy.log_probs(self.ref, ro, soft_top_k=1)["answer"]
         kl = (ro.logp["answer"] - ref.cpu() * ro.masks["answer"]).sum(1)
         reward = log_py - self.cfg.kl_coef * kl
         return ro, {

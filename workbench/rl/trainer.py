@@ -4,16 +4,18 @@ Nothing of the supervised trainer is copied: accelerate, the optimizer and sched
 ``log_history``, checkpoint/resume come from :class:`~workbench.train.Trainer`; this module adds a
 collator and a ``loss_fn``:
 
-* :class:`RolloutBatches` hands the trainer each batch of questions ``num_iterations`` times in
-  a row, tagged with a ``rollout_id``;
-* :class:`GroupPolicyLoss` samples ``G`` rollouts per question when a new ``rollout_id`` arrives
-  (one batched engine run through the ``policy``), scores them with the reward registry, turns
-  the rewards into group advantages and caches the rollouts' log-probabilities under the
-  sampling policy (**the explicit old-policy cache**); every call then recomputes the
-  log-probabilities on the training path and returns the clipped-ratio loss of each action
-  segment (latent, stop, answer) with its weight, plus ``beta`` times the KL to a frozen
-  reference when ``beta > 0``. On the second pass over a batch the policy has moved, so the
-  ratio differs from 1 and clipping fires.
+* :class:`RolloutBatches` hands the loss each batch of questions;
+* :class:`GroupPolicyLoss` samples ``G`` rollouts per question every ``num_iterations`` optimizer
+  steps (one batched engine run through the ``policy``, seeded by the rollout's number and the
+  process, so two processes sample different noise), scores them with the reward registry, turns
+  the rewards into group advantages and caches the rollouts' log-probabilities under the sampling
+  policy (**the explicit old-policy cache**); every call then recomputes the log-probabilities on
+  the training path and returns the clipped-ratio loss of each action segment (latent, stop,
+  answer) with its weight, plus ``beta`` times the KL to a frozen reference when ``beta > 0``. On
+  the second pass over a batch the policy has moved, so the ratio differs from 1 and clipping
+  fires. Rollouts are keyed on the trainer's step, so a run resumed from a checkpoint at a rollout
+  boundary (``save_every`` a multiple of ``num_iterations``) continues exactly; one resumed
+  between two iterations samples afresh.
 
 A ``policy`` has ``rollout(model, examples, seed) -> (Rollouts, reward_kwargs)`` and
 ``log_probs(model, rollouts) -> {segment: [N, T]}`` (see :mod:`workbench.rl.gaussian_policy`,
@@ -42,17 +44,10 @@ from workbench.rl.rewards import RewardError, compute_rewards
 
 
 class RolloutBatches:
-    """Collator: each batch of questions ``num_iterations`` times, with a ``rollout_id``."""
-
-    def __init__(self, num_iterations: int):
-        self.num_iterations, self.calls, self._last = num_iterations, 0, None
+    """Collator: ``{"examples": [...]}``, a batch of questions (the loss samples rollouts)."""
 
     def __call__(self, items: list) -> dict:
-        if self.calls % self.num_iterations == 0 or self._last is None:
-            self._last = list(items)
-        batch = {"examples": self._last, "rollout_id": self.calls // self.num_iterations}
-        self.calls += 1
-        return batch
+        return {"examples": list(items)}
 
 
 class GroupPolicyLoss:
@@ -62,13 +57,18 @@ class GroupPolicyLoss:
         self.policy, self.cfg, self.reference = policy, cfg, reference
         self._id = None
         self._cache: dict = {}
+        self.process_index, self.num_processes = 0, 1  # set by GroupPolicyTrainer
+        self.trainer = None  # set by GroupPolicyTrainer: rollouts are keyed on its step
+        self._calls = 0
 
     def _new_rollouts(self, model, examples: list, rollout_id: int) -> None:
         cfg, G = self.cfg, self.cfg.num_generations
         group = [e for e in examples for _ in range(G)]
         was = model.training
         model.eval()
-        ro, reward_kwargs = self.policy.rollout(model, group, seed=cfg.seed * 100_003 + rollout_id)
+        # each process samples its own questions with its own noise (one process: as before)
+        seed = (cfg.seed * 100_003 + rollout_id) * self.num_processes + self.process_index
+        ro, reward_kwargs = self.policy.rollout(model, group, seed=seed)
         with torch.no_grad():
             old = self.policy.log_probs(model, ro)  # the old-policy log-prob cache
             ref = self.policy.log_probs(self.reference, ro) if self.reference is not None else None
@@ -93,8 +93,14 @@ class GroupPolicyLoss:
         self._cache = {"ro": ro, "old": old, "ref": ref, "adv": adv, "metrics": metrics}
 
     def __call__(self, model, batch):
-        if batch["rollout_id"] != self._id:
-            self._new_rollouts(model, batch["examples"], batch["rollout_id"])
+        # rollout ``k`` serves optimizer steps k*I+1 .. (k+1)*I (I = num_iterations); keyed on the
+        # trainer's step, so a run resumed from a checkpoint at a rollout boundary samples
+        # exactly what the uninterrupted run sampled
+        step = self.trainer.step if self.trainer is not None else self._calls
+        self._calls += 1
+        rollout_id = step // self.cfg.num_iterations
+        if rollout_id != self._id:
+            self._new_rollouts(model, batch["examples"], rollout_id)
         c, cfg = self._cache, self.cfg
         ro, adv = c["ro"], c["adv"]
         logp = self.policy.log_probs(model, ro)
@@ -199,8 +205,12 @@ class GroupPolicyTrainer:
             output_dir=output_dir,
             resume=resume,
         )
-        self.trainer = Trainer(net, list(examples), RolloutBatches(cfg.num_iterations), tc,
-                               loss_fn=self.loss_fn, callbacks=callbacks)  # fmt: skip
+        self.trainer = Trainer(net, list(examples), RolloutBatches(), tc, loss_fn=self.loss_fn,
+                               callbacks=callbacks)  # fmt: skip
+        self.loss_fn.trainer = self.trainer
+        acc = self.trainer.accelerator
+        self.loss_fn.process_index = acc.process_index
+        self.loss_fn.num_processes = acc.num_processes
 
     @property
     def log_history(self):

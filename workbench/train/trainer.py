@@ -6,7 +6,10 @@ Design
   ``Accelerator.prepare``; gradient accumulation uses ``accelerator.accumulate``, clipping uses
   ``accelerator.clip_grad_norm_`` and mixed precision is the accelerator's autocast (+ loss scaler
   for fp16). There is no process-group code here, so ``accelerate launch script.py`` runs the same
-  loop on several devices. Callbacks, ``eval_fn`` and logging run on every process; check
+  loop on several devices (on CPU too: ``accelerate launch --multi_gpu --num_processes 2``
+  gives gloo). Gradients are averaged over processes by one ``accelerator.reduce`` per update
+  rather than by DDP's hooks, because methods call the LM and its heads directly, not through
+  the wrapper. Callbacks, ``eval_fn`` and logging run on every process; check
   ``trainer.is_main_process`` before writing files of your own.
 * **Steps are optimizer steps.** ``max_steps``, ``log_every``, ``eval_every``, ``save_every`` and
   the LR schedule all count optimizer updates. Accumulation windows run across epoch boundaries
@@ -194,6 +197,14 @@ class _EpochSampler(Sampler[int]):
         return self.n
 
 
+def _has_accelerator() -> bool:
+    """A CUDA (or other torch accelerator) device is present."""
+    probe = getattr(torch, "accelerator", None)
+    if probe is not None and hasattr(probe, "is_available"):
+        return bool(probe.is_available())
+    return torch.cuda.is_available()
+
+
 def _to_float(v: Any) -> float:
     if isinstance(v, torch.Tensor):
         return (
@@ -286,6 +297,11 @@ class Trainer:
         self.model, self.optimizer, self._train_loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
         )
+        # DDP averages gradients only for a forward through its wrapper, but latent methods call
+        # the LM and its heads directly (``lm_of``); so the wrapper is dropped once it has
+        # broadcast rank 0's weights, and :meth:`_average_gradients` syncs every update.
+        if isinstance(self.model, nn.parallel.DistributedDataParallel):
+            self.model = self.model.module
 
     # ----- public properties -----------------------------------------------------------------
 
@@ -323,15 +339,27 @@ class Trainer:
             gradient_accumulation_plugin=plugin,
             step_scheduler_with_optimizer=False,
         )
+        # With no accelerator device, accelerate only picks the gloo process group when told the
+        # run is on the CPU; otherwise `accelerate launch --num_processes 2` gives two unrelated
+        # single-process runs.
+        kwargs["cpu"] = not _has_accelerator()
         try:
-            return Accelerator(**kwargs)
+            acc = Accelerator(**kwargs)
         except ValueError as err:
             # accelerate keeps one process-wide state; in a notebook, a second trainer with another
             # mixed_precision is legitimate on a single process, so reset that state and retry.
             if "already been initialized" not in str(err) or PartialState().num_processes != 1:
                 raise
             AcceleratorState._reset_state(reset_partial_state=False)
-            return Accelerator(**kwargs)
+            acc = Accelerator(**kwargs)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and acc.num_processes != launched:
+            raise RuntimeError(
+                f"launched as {launched} processes (WORLD_SIZE) but accelerate set up "
+                f"{acc.num_processes} ({acc.distributed_type}); launch with "
+                "`accelerate launch --multi_gpu --num_processes N` (also on CPU: gloo)"
+            )
+        return acc
 
     def _sync_accumulation_settings(self) -> None:
         # GradientState is process-wide in accelerate: another Trainer may have changed it.
@@ -703,6 +731,8 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         self.optimizer.zero_grad(set_to_none=True)
                         raise NonFiniteLossError(self.step + 1, loss_value, cfg)
+                    if acc.num_processes > 1:
+                        self._average_gradients()
                     clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
                     grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
                     grad_norm = (
@@ -779,6 +809,17 @@ class Trainer:
             self.save_checkpoint()
         self._emit("on_train_end")
         return self.log_history
+
+    def _average_gradients(self) -> None:
+        """Mean of every optimised parameter's gradient over the processes (one all-reduce)."""
+        params = list({id(p): p for g in self.optimizer.param_groups for p in g["params"]}.values())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
 
     def _time_up(self, elapsed_s: float) -> bool:
         return self.config.max_time_s is not None and elapsed_s >= self.config.max_time_s
