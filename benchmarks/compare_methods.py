@@ -39,8 +39,8 @@ import torch
 
 from workbench.eval.ablations import usage_drop
 from workbench.experiment import TrainedModel, prepare_data
-from workbench.methods import BASE_METHOD, atp
-from workbench.recipes import RECIPES, scaled, train_entry
+from workbench.methods import atp
+from workbench.recipes import RECIPES, scaled, start_of, train_entry, with_start_rows
 from workbench.trained import METHOD_FILE
 
 
@@ -91,13 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [r for r in rows if r not in recipe.entries]
         if unknown:
             p.error(f"--methods {unknown}: the {args.task} recipe has {list(recipe.entries)}")
-        if BASE_METHOD not in rows:
-            rows.insert(0, BASE_METHOD)  # every latent method starts from it
+        rows = with_start_rows(recipe, rows)  # every latent method starts from CoT or a row
     data = prepare_data(args.task, train_size=recipe.train_size, test_size=args.test_size,
                         seed=args.seed, **recipe.difficulty)  # fmt: skip
     root = Path(args.out) / args.task
     results: dict[str, dict] = {}
-    cot = None
+    trained: dict = {}
     for name in rows:
         entry = scaled(recipe.entries[name], args.scale)
         folder = root / name
@@ -108,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[compare] {name}: loaded from {folder}", flush=True)
         else:
             print(f"[compare] {name}: training ({entry})", flush=True)
-            tm = train_entry(name, entry, data, cot, recipe, args.seed)
+            tm = train_entry(name, entry, data, start_of(name, entry, trained), recipe,
+                             args.seed)  # fmt: skip
             minutes = (time.perf_counter() - t0) / 60
             tm.meta["train_minutes"] = minutes
             tm.save(folder)
-        if name == BASE_METHOD:
-            cot = tm
+        trained[name] = tm
         res = tm.evaluate(data.test).summary
         usage = usage_drop(tm.model, tm.tokenizer, data.test[: args.usage_size], tm.spec)
         row = {

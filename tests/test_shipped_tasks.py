@@ -33,6 +33,7 @@ def _tiny_models(data) -> dict[str, TrainedModel]:
         "nocot": ("nocot", None),
         "coconut_sup": ("coconut", CoconutConfig(c_thought=1, max_latent_stage=4).inference_spec()),
         "atp": ("atp", atp_spec),
+        "atp_long": ("atp", atp_spec),
     }
     out = {}
     for i, (row, (method, spec)) in enumerate(specs.items()):
@@ -49,7 +50,7 @@ def shipped(tmp_path_factory):
     root = tmp_path_factory.mktemp("shipped")
     data = prepare_data("arithmetic", train_size=64, val_size=4, test_size=8, seed=0,
                         **RECIPES["arithmetic"].difficulty)  # fmt: skip
-    assert set(ROWS) == {"cot", "nocot", "coconut_sup", "atp"}
+    assert set(ROWS) == {"cot", "nocot", "coconut_sup", "atp", "atp_long"}
     for row, tm in _tiny_models(data).items():
         tm.save(root / "bench" / row)
     summaries = build_task_checkpoints("arithmetic", root / "ck", reuse=root / "bench")
@@ -88,7 +89,7 @@ def test_demo_scores_the_shipped_models(shipped, monkeypatch, tmp_path):
     ck, _, _ = shipped
     monkeypatch.setenv("WORKBENCH_CHECKPOINTS_DIR", str(ck))
     results = run_demo(DemoConfig(test_size=8, report_examples=4, out_dir=str(tmp_path)))
-    assert results["method"].tolist() == ["cot", "nocot", "atp", "coconut_sup"]
+    assert results["method"].tolist() == ["cot", "nocot", "atp", "atp_long", "coconut_sup"]
     assert results.loc[results.method == "cot", "usage_drop"].isna().all()  # no latents
     assert results.loc[results.method == "atp", "usage_drop"].notna().all()
     saved = pd.read_csv(tmp_path / "results.csv")
@@ -106,3 +107,19 @@ def test_bad_rows_and_tasks_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CHECKPOINTS_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match="DemoConfig.task = 'arithmetic'.*make checkpoints"):
         run_demo(DemoConfig(out_dir=str(tmp_path / "run")))
+
+
+def test_a_continued_row_brings_the_rows_it_starts_from():
+    from workbench.recipes import start_of, with_start_rows
+
+    recipe = RECIPES["arithmetic"]
+    assert with_start_rows(recipe, ["atp_long"]) == ["cot", "atp", "atp_long"]
+    assert with_start_rows(recipe, ["atp_long", "atp", "nocot"]) == [
+        "cot",
+        "atp",
+        "atp_long",
+        "nocot",
+    ]
+    trained = {"cot": "the cot model", "atp": "the atp model"}
+    assert start_of("atp_long", recipe.entries["atp_long"], trained) == "the atp model"
+    assert start_of("atp", recipe.entries["atp"], trained) == "the cot model"

@@ -131,7 +131,7 @@ def build_task_checkpoints(
     (``<out>/<task>``): those rows are loaded and stored instead of retrained. Every model is
     scored on the recipe's test split and stored in fp16 under ``<out_dir>/<task>/<row>``.
     """
-    from workbench.recipes import RECIPES, train_entry
+    from workbench.recipes import RECIPES, start_of, train_entry, with_start_rows
     from workbench.trained import METHOD_FILE
 
     if task not in RECIPES or not RECIPES[task].shipped:
@@ -146,22 +146,22 @@ def build_task_checkpoints(
     data = prepare_data(task, train_size=recipe.train_size, test_size=test_size, seed=seed,
                         **recipe.difficulty)  # fmt: skip
     summaries: dict[str, dict] = {}
-    cot = None
-    for row in (BASE_METHOD, *[r for r in rows if r != BASE_METHOD]):
+    trained: dict = {}
+    for row in with_start_rows(recipe, list(rows)):
         stored = out / row
         src = Path(reuse) / row if reuse else None
         t0 = time.perf_counter()
-        if row not in rows:  # the CoT base of a latent row that is rebuilt alone
-            cot = TrainedModel.load(stored, data.test)
+        if row not in rows:  # the start of a row that is rebuilt alone: the stored model
+            trained[row] = TrainedModel.load(stored, data.test)
             continue
+        entry = recipe.entries[row]
         if src is not None and (src / METHOD_FILE).exists():
             tm = TrainedModel.load(src, data.test)
             print(f"[checkpoints] {task}/{row}: reusing {src}", flush=True)
         else:
-            tm = train_entry(row, recipe.entries[row], data, cot, recipe, seed)
+            tm = train_entry(row, entry, data, start_of(row, entry, trained), recipe, seed)
             tm.meta["train_minutes"] = (time.perf_counter() - t0) / 60
-        if row == BASE_METHOD:
-            cot = tm
+        trained[row] = tm
         res = tm.evaluate(data.test)
         tm.meta.update(test_accuracy=res.summary["accuracy"], recipe_row=row)
         tm.save(stored, dtype=torch.float16)

@@ -28,6 +28,9 @@ class Entry:
     minutes: float | None = None
     """Wall-time budget of a baseline trained by time; ``None``: by ``train["max_steps"]``
     (reproducible on any machine, unlike a time budget)."""
+    start: str | None = None
+    """The row whose trained model (with its heads and step decoder) this row continues;
+    ``None``: the CoT row."""
 
 
 @dataclass
@@ -71,6 +74,10 @@ ATP_SUPERVISION = {"step_decoder": "small", "latent_ce_weight": 1.0, "kl_weight"
 """ATP's step decoder (small, like ``coconut_sup``'s) plus the per-latent CE that made Coconut's
 latents carry the chain here."""
 
+CONTINUE = {"steps_per_stage": 1, "final_stage_steps": 3000}
+"""A trained curriculum model continued at its last stage: one step at each earlier stage
+(the schedule's first warm-up step, lr / 20), then 3,000 steps at the last one."""
+
 RECIPES: dict[str, TaskRecipe] = {
     "multiplication": TaskRecipe(
         difficulty={"digits_a": 3},
@@ -111,8 +118,11 @@ RECIPES: dict[str, TaskRecipe] = {
             **curriculum_rows(ARITHMETIC_STAGES),
             # the same curriculum and step supervision; stop head, Gaussian latents, KL 1e-3
             "atp": Entry("atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
+            # the atp row continued for 3,000 more steps at the last stage (74.8% -> 93.8%)
+            "atp_long": Entry("atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION, **CONTINUE},
+                              _lat(5e-4), start="atp"),  # fmt: skip
         },
-        shipped=("cot", "nocot", "coconut_sup", "atp"),
+        shipped=("cot", "nocot", "coconut_sup", "atp", "atp_long"),
     ),
     "graph": TaskRecipe(
         difficulty={"n_concepts": 12, "min_depth": 2, "max_depth": 3},
@@ -149,11 +159,33 @@ def scaled(entry: Entry, scale: float) -> Entry:
     if train_overrides.get("max_steps"):
         train_overrides["max_steps"] = max(1, math.ceil(train_overrides["max_steps"] * scale))
     minutes = entry.minutes * scale if entry.minutes is not None else None
-    return Entry(entry.method, cfg, train_overrides, minutes)
+    return Entry(entry.method, cfg, train_overrides, minutes, entry.start)
+
+
+def with_start_rows(recipe: TaskRecipe, rows: list[str]) -> list[str]:
+    """``rows`` with the CoT row and every row one of them continues, each before its users."""
+    out: list[str] = []
+
+    def add(row: str) -> None:
+        start = recipe.entries[row].start
+        if start is not None:
+            add(start)
+        if row not in out:
+            out.append(row)
+
+    for row in [BASE_METHOD, *rows]:
+        add(row)
+    return out
+
+
+def start_of(name: str, entry: Entry, trained: dict):
+    """The model ``entry`` starts from: its ``start`` row's, else the CoT row's."""
+    return trained.get(entry.start or BASE_METHOD)
 
 
 def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: int):
-    """Train one entry (baselines by time or steps, latent methods by steps from ``cot``)."""
+    """Train one entry (baselines by time or steps, latent methods by steps from ``cot``, the
+    model of the entry's ``start`` row when it has one)."""
     from workbench.experiment import default_train_config, train
     from workbench.models.build import ModelConfig
 
