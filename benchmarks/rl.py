@@ -52,6 +52,7 @@ def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int 
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(examples, tm.tokenizer)]
     prompts = (prompts * (n // len(prompts) + 1))[:n]
     model = tm.model.eval()
+    dev = next(model.parameters()).device
     t0 = time.perf_counter()
     token_policy.rollout(model, tm.tokenizer, prompts, max_completion_length=tokens, seed=seed)
     batched = time.perf_counter() - t0
@@ -59,7 +60,7 @@ def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int 
     t0 = time.perf_counter()
     with torch.no_grad():
         for p in prompts:
-            ids = torch.tensor([p])
+            ids = torch.tensor([p], device=dev)
             model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
@@ -84,7 +85,8 @@ def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int 
 def run_method(name: str, models: Path, task: str, args) -> dict:
     record = get_method(name)
     recipe = RECIPES[task]
-    start = TrainedModel.load(models / task / START_ROW[name])
+    row = args.start.get(name, START_ROW[name])
+    start = TrainedModel.load(models / task / row)
     data = prepare_data(
         task,
         train_size=recipe.train_size,
@@ -110,7 +112,7 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
     if args.out:
         tm.save(Path(args.out) / task / name)
     return {
-        "start": START_ROW[name],
+        "start": row,
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
         "gain": after["accuracy"] - before["accuracy"],
@@ -145,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="save the RL models under <out>/<task>/<method>")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", default="", help="method=row,... : start rows other than "
+                   f"{START_ROW} (e.g. atp_rl=atp_long)")  # fmt: skip
     args = p.parse_args(argv)
+    pairs = [kv.split("=", 1) for kv in args.start.split(",") if kv.strip()]
+    bad = [kv for kv in pairs if len(kv) != 2 or kv[0] not in START_ROW]
+    if bad:
+        p.error(f"--start {args.start!r}: expected method=row with a method of {list(START_ROW)}")
+    args.start = {k.strip(): v.strip() for k, v in pairs}
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cot_dir = shipped_path("cot", args.task)
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer=cot.tokenizer,
         **RECIPES[args.task].difficulty,
     ).test
+    cot.model.to(device)
     tp = throughput(cot, examples, args.rollouts, args.tokens, args.seed)
     print(
         f"throughput ({device}): {tp['trajectories']} trajectories x {tp['tokens']} tokens: "

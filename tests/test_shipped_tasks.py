@@ -32,6 +32,10 @@ def _tiny_models(data) -> dict[str, TrainedModel]:
         "cot": ("cot", None),
         "nocot": ("nocot", None),
         "coconut_sup": ("coconut", CoconutConfig(c_thought=1, max_latent_stage=4).inference_spec()),
+        "coconut_sup_long": (
+            "coconut",
+            CoconutConfig(c_thought=1, max_latent_stage=4).inference_spec(),
+        ),
         "atp": ("atp", atp_spec),
         "atp_long": ("atp", atp_spec),
     }
@@ -50,7 +54,7 @@ def shipped(tmp_path_factory):
     root = tmp_path_factory.mktemp("shipped")
     data = prepare_data("arithmetic", train_size=64, val_size=4, test_size=8, seed=0,
                         **RECIPES["arithmetic"].difficulty)  # fmt: skip
-    assert set(ROWS) == {"cot", "nocot", "coconut_sup", "atp", "atp_long"}
+    assert set(ROWS) == {"cot", "nocot", "coconut_sup", "coconut_sup_long", "atp", "atp_long"}
     for row, tm in _tiny_models(data).items():
         tm.save(root / "bench" / row)
     summaries = build_task_checkpoints("arithmetic", root / "ck", reuse=root / "bench")
@@ -89,7 +93,14 @@ def test_demo_scores_the_shipped_models(shipped, monkeypatch, tmp_path):
     ck, _, _ = shipped
     monkeypatch.setenv("WORKBENCH_CHECKPOINTS_DIR", str(ck))
     results = run_demo(DemoConfig(test_size=8, report_examples=4, out_dir=str(tmp_path)))
-    assert results["method"].tolist() == ["cot", "nocot", "atp", "atp_long", "coconut_sup"]
+    assert results["method"].tolist() == [
+        "cot",
+        "nocot",
+        "atp",
+        "atp_long",
+        "coconut_sup",
+        "coconut_sup_long",
+    ]
     assert results.loc[results.method == "cot", "usage_drop"].isna().all()  # no latents
     assert results.loc[results.method == "atp", "usage_drop"].notna().all()
     saved = pd.read_csv(tmp_path / "results.csv")

@@ -118,11 +118,19 @@ RECIPES: dict[str, TaskRecipe] = {
             **curriculum_rows(ARITHMETIC_STAGES),
             # the same curriculum and step supervision; stop head, Gaussian latents, KL 1e-3
             "atp": Entry("atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
+            # coconut_sup continued for 3,000 more steps at the last stage (71.2% -> 87.4%)
+            "coconut_sup_long": Entry(
+                "coconut",
+                {**ARITHMETIC_STAGES, **SUPERVISION, **CONTINUE},
+                _lat(5e-4),
+                start="coconut_sup",
+            ),  # fmt: skip
             # the atp row continued for 3,000 more steps at the last stage (74.8% -> 93.8%)
-            "atp_long": Entry("atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION, **CONTINUE},
-                              _lat(5e-4), start="atp"),  # fmt: skip
+            "atp_long": Entry(
+                "atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION, **CONTINUE}, _lat(5e-4), start="atp"
+            ),  # fmt: skip
         },
-        shipped=("cot", "nocot", "coconut_sup", "atp", "atp_long"),
+        shipped=("cot", "nocot", "coconut_sup", "coconut_sup_long", "atp", "atp_long"),
     ),
     "graph": TaskRecipe(
         difficulty={"n_concepts": 12, "min_depth": 2, "max_depth": 3},
