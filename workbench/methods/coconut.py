@@ -36,6 +36,11 @@ no-CoT 33.3%), c=1, 4 stages, lr 1e-3, batch 32:
   (above the 15-minute CoT model it started from, no-CoT + 44 points), drops 60-68 points: the
   latents carry the chain. (The CoT model is itself undertrained; it got no extra steps.)
 
+From the 100% CoT model (5,000 steps; 500 held-out problems), the same step-supervised recipe
+reaches 71.2% with 4 latents (drops 61-67 points); continued 3,000 more steps at the last stage
+(lr 5e-4, recipe row ``coconut_sup_long``) **87.4%**, drops 80-84.5 points: budgets, not the
+feedback rule, were the limit.
+
 3x3 multiplication (CoT 100%), c=2, 300/300/500 steps: 0% with or without step supervision (the
 4-6 digit partial products do not fit one thought at this budget; RESEARCH Part A 7 item 5). The
 paper's effective batch 128 and 10-100x longer stages were not tried on CPU.
