@@ -84,3 +84,21 @@ def test_group_policy_two_processes(tmp_path):
     _check_processes(two, 2)
     losses = two[0]["full_losses"]
     assert any(abs(v) > 1e-4 for v in losses)  # the second pass over a rollout has a gradient
+
+
+def test_cli_train_under_accelerate_launch_saves_once(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--num_machines", "1", "--main_process_port", str(_free_port()),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "workbench", "train",
+           "--method", "cot", "--steps", "4", "--out", str(out), "--set", "data.train_size=64",
+           "--set", "data.test_size=8", "--set", "model.d_model=32",
+           "--set", "model.n_layer=1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    assert res.stdout.count("saved to") == 1  # the main process alone saves and reports
+    from workbench.trained import TrainedModel
+
+    tm = TrainedModel.load(out)
+    assert tm.meta["train_steps"] == 4

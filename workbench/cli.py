@@ -148,12 +148,21 @@ def cmd_train(args) -> int:
     if args.resume:
         print(f"resuming from the latest checkpoint under {out / 'checkpoints'}")
     tm = train(method, data, base, **kwargs)
+    if not _is_main_process():  # under `accelerate launch`: one process saves and reports
+        return 0
     tm.meta["data"] = data.describe()
     tm.save(out)
     res = tm.evaluate()
     print(json.dumps(res.summary, indent=2))
     print(f"saved to {out}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False on the other processes of an ``accelerate launch`` run (the trainers' state)."""
+    from accelerate.state import PartialState
+
+    return PartialState._shared_state == {} or PartialState().is_main_process
 
 
 def cmd_eval(args) -> int:
