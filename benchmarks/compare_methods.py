@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[compare] {name}: loaded from {folder}", flush=True)
         else:
             print(f"[compare] {name}: training ({entry})", flush=True)
-            tm = train_entry(name, entry, data, start_of(name, entry, trained), recipe,
+            tm = train_entry(name, entry, data, start_of(entry, trained), recipe,
                              args.seed)  # fmt: skip
             minutes = (time.perf_counter() - t0) / 60
             tm.meta["train_minutes"] = minutes

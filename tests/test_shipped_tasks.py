@@ -132,5 +132,5 @@ def test_a_continued_row_brings_the_rows_it_starts_from():
         "nocot",
     ]
     trained = {"cot": "the cot model", "atp": "the atp model"}
-    assert start_of("atp_long", recipe.entries["atp_long"], trained) == "the atp model"
-    assert start_of("atp", recipe.entries["atp"], trained) == "the cot model"
+    assert start_of(recipe.entries["atp_long"], trained) == "the atp model"
+    assert start_of(recipe.entries["atp"], trained) == "the cot model"

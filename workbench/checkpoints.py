@@ -159,7 +159,7 @@ def build_task_checkpoints(
             tm = TrainedModel.load(src, data.test)
             print(f"[checkpoints] {task}/{row}: reusing {src}", flush=True)
         else:
-            tm = train_entry(row, entry, data, start_of(row, entry, trained), recipe, seed)
+            tm = train_entry(row, entry, data, start_of(entry, trained), recipe, seed)
             tm.meta["train_minutes"] = (time.perf_counter() - t0) / 60
         trained[row] = tm
         res = tm.evaluate(data.test)

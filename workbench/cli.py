@@ -159,10 +159,8 @@ def cmd_train(args) -> int:
 
 
 def _is_main_process() -> bool:
-    """False on the other processes of an ``accelerate launch`` run (the trainers' state)."""
-    from accelerate.state import PartialState
-
-    return PartialState._shared_state == {} or PartialState().is_main_process
+    """False on the other processes of an ``accelerate launch`` run (torchrun's ``RANK``)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def cmd_eval(args) -> int:

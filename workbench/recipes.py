@@ -186,7 +186,7 @@ def with_start_rows(recipe: TaskRecipe, rows: list[str]) -> list[str]:
     return out
 
 
-def start_of(name: str, entry: Entry, trained: dict):
+def start_of(entry: Entry, trained: dict):
     """The model ``entry`` starts from: its ``start`` row's, else the CoT row's."""
     return trained.get(entry.start or BASE_METHOD)
 

@@ -57,9 +57,7 @@ class GroupPolicyLoss:
         self.policy, self.cfg, self.reference = policy, cfg, reference
         self._id = None
         self._cache: dict = {}
-        self.process_index, self.num_processes = 0, 1  # set by GroupPolicyTrainer
         self.trainer = None  # set by GroupPolicyTrainer: rollouts are keyed on its step
-        self._calls = 0
 
     def _new_rollouts(self, model, examples: list, rollout_id: int) -> None:
         cfg, G = self.cfg, self.cfg.num_generations
@@ -67,7 +65,8 @@ class GroupPolicyLoss:
         was = model.training
         model.eval()
         # each process samples its own questions with its own noise (one process: as before)
-        seed = (cfg.seed * 100_003 + rollout_id) * self.num_processes + self.process_index
+        acc = self.trainer.accelerator
+        seed = (cfg.seed * 100_003 + rollout_id) * acc.num_processes + acc.process_index
         ro, reward_kwargs = self.policy.rollout(model, group, seed=seed)
         with torch.no_grad():
             old = self.policy.log_probs(model, ro)  # the old-policy log-prob cache
@@ -96,9 +95,7 @@ class GroupPolicyLoss:
         # rollout ``k`` serves optimizer steps k*I+1 .. (k+1)*I (I = num_iterations); keyed on the
         # trainer's step, so a run resumed from a checkpoint at a rollout boundary samples
         # exactly what the uninterrupted run sampled
-        step = self.trainer.step if self.trainer is not None else self._calls
-        self._calls += 1
-        rollout_id = step // self.cfg.num_iterations
+        rollout_id = self.trainer.step // self.cfg.num_iterations
         if rollout_id != self._id:
             self._new_rollouts(model, batch["examples"], rollout_id)
         c, cfg = self._cache, self.cfg
@@ -208,9 +205,6 @@ class GroupPolicyTrainer:
         self.trainer = Trainer(net, list(examples), RolloutBatches(), tc, loss_fn=self.loss_fn,
                                callbacks=callbacks)  # fmt: skip
         self.loss_fn.trainer = self.trainer
-        acc = self.trainer.accelerator
-        self.loss_fn.process_index = acc.process_index
-        self.loss_fn.num_processes = acc.num_processes
 
     @property
     def log_history(self):

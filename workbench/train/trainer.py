@@ -818,7 +818,7 @@ class Trainer:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p)
             offset += n
 
     def _time_up(self, elapsed_s: float) -> bool:
