@@ -16,7 +16,7 @@ Usage::
         [--methods cot,nocot,coconut_sup] [--test-size 500] [--threads 2]
 
 ``--scale`` multiplies every step budget and training time (0.25 for a quick look; a GPU run can
-use 4+). Every model is saved under ``<out>/<task>/<method>`` and loaded instead of retrained on
+use 4+); ``--mixed-precision bf16`` trains under accelerate's bf16 autocast (for a GPU). Every model is saved under ``<out>/<task>/<method>`` and loaded instead of retrained on
 a rerun, so a killed benchmark continues where it stopped. The last line is one JSON object
 ``{"task", "device", "methods": {name: {"accuracy", "reasoning_positions", "usage_drop", ...}}}``.
 """
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--usage-size", type=int, default=200, help="examples for the ablations")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="the trainers' autocast (accelerate); bf16 is for a GPU run")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     trained: dict = {}
     for name in rows:
         entry = scaled(recipe.entries[name], args.scale)
+        if args.mixed_precision != "no":
+            entry.train = {**entry.train, "mixed_precision": args.mixed_precision}
         folder = root / name
         t0 = time.perf_counter()
         if (folder / METHOD_FILE).exists():
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in results.items():
         print(name.ljust(14) + "".join(_cell(row.get(c)).rjust(14) for c in cols))
     summary = {"task": args.task, "device": device, "scale": args.scale,
+               "mixed_precision": args.mixed_precision,
                "test_size": len(data.test), "methods": results}  # fmt: skip
     print(json.dumps(_json_safe(summary), default=lambda v: None))
     return 0

@@ -48,10 +48,12 @@ echo "gpu.sh: device $DEVICE ($NAME), output $OUT_DIR, dry run $DRY"
 if [ "$DRY" = 1 ]; then
   ENGINE="--device $DEVICE --batch 8 --batches 8,16 --test-size 32 --ref-examples 4 --rollout-examples 2 --repeat 1"
   RL="--throughput-only --rollouts 16 --tokens 8"
+  ENGINE_BF16="--device $DEVICE --batch 8 --batches 16 --test-size 32 --ref-examples 4 --rollout-examples 2 --repeat 1"
   COMPARE="--task arithmetic --methods nocot,atp --scale 0.005 --test-size 32 --usage-size 16"
 else
   ENGINE="--device $DEVICE --batch 64 --batches 64,256,1024 --test-size 4096 --ref-examples 200 --rollout-examples 64 --repeat 5 --profile"
   RL="--throughput-only --rollouts 4096 --tokens 32"
+  ENGINE_BF16="--device $DEVICE --batch 64 --batches 256,1024 --test-size 4096 --ref-examples 100 --rollout-examples 32 --repeat 3"
   COMPARE="--task arithmetic --methods nocot,atp --scale 0.2 --test-size 1000"
 fi
 
@@ -72,9 +74,11 @@ run() {  # name, timeout seconds, command...: keeps the last line (the JSON obje
   fi
 }
 
-run latent_engine 180 "$PY" benchmarks/latent_engine.py $ENGINE
-run rl_throughput 90 "$PY" benchmarks/rl.py $RL
-run compare_arithmetic 210 "$PY" benchmarks/compare_methods.py $COMPARE --out "$OUT_DIR/models"
+run latent_engine 150 "$PY" benchmarks/latent_engine.py $ENGINE
+run latent_engine_bf16 90 "$PY" benchmarks/latent_engine.py $ENGINE_BF16 --precision bf16
+run rl_throughput 60 "$PY" benchmarks/rl.py $RL
+run compare_arithmetic 180 "$PY" benchmarks/compare_methods.py $COMPARE --mixed-precision bf16 \
+  --out "$OUT_DIR/models"
 
 "$PY" - "$OUT_DIR" "$NAME" <<'EOF' | tee "$OUT_DIR/summary.txt"
 import json, sys
@@ -87,7 +91,7 @@ for r in rows:
     if res is None:
         print(f"  {r['benchmark']:20s} {r['seconds']:4d} s  {r['error']}")
         continue
-    if r["benchmark"] == "latent_engine":
+    if r["benchmark"].startswith("latent_engine"):
         parts = [f"batch {b}: {e['speedup_vs_reference']:.1f}x, {e['positions_per_s']:.0f} pos/s"
                  for b, e in res["engine"].items()]
         parts += [f"rollouts {b}: {e['speedup_vs_batch1']:.1f}x" for b, e in res["rollouts"].items()]

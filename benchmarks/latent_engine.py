@@ -12,7 +12,9 @@
    ``K + 1`` full passes; target <= 1.0x.
 
 Runs on the default model (untrained weights: speed does not depend on them). Prints a table
-and, as its last line, one JSON object. ``--device cuda`` runs on a GPU when there is one.
+and, as its last line, one JSON object. ``--device cuda`` runs on a GPU when there is one;
+``--precision bf16`` runs every measure, the baselines included, under bf16 autocast (the
+superposition and Gumbel probabilities stay fp32).
 ``--profile`` adds the ten torch ops that take the most time in one batched run at the largest
 batch (cProfile), which is where the ratio is decided.
 
@@ -64,8 +66,17 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="bf16: every measure (baselines too) under torch.autocast; rule probabilities stay fp32",
+    )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    with torch.autocast(args.device.split(":")[0], torch.bfloat16, enabled=args.precision == "bf16"):
+        return measure(args)
+
+
+def measure(args) -> dict:
 
     from workbench.data.tasks import generate
     from workbench.data.tokenizer import build_char_tokenizer, special_ids
@@ -201,7 +212,7 @@ def main(argv=None) -> dict:
     print(
         f"\nlatent engine benchmark on {device_name}; default model "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
-        f"batch {args.batch}, K={K}"
+        f"batch {args.batch}, K={K}, {args.precision}"
     )
     print(f"{'measure':58s} {'value':>8s} {'target':>8s}")
     for name, r in step_ratio.items():
@@ -237,6 +248,7 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "latent_engine",
         "device": device_name,
+        "precision": args.precision,
         "batch": args.batch,
         "latents": K,
         "latent_vs_token_step_ratio": step_ratio,

@@ -144,6 +144,28 @@ def test_gumbel_rollouts_reproducible_and_diverse(tok):
     )
 
 
+@pytest.mark.parametrize("rule", ["superposition", "gumbel"])
+def test_bf16_autocast_keeps_rule_probabilities_fp32(tok, rule):
+    """The GPU path (bf16 autocast) runs the same loop; the mixing weights stay fp32."""
+    sp = special_ids(tok)
+    model = _model(tok, "gpt2").eval()
+    prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
+    batch = pad_prompts(prompts, sp.pad)
+    args = dict(feedback=make_feedback(rule, top_k=8), max_latent_steps=3, max_new_tokens=4)
+    with torch.autocast("cpu", torch.bfloat16):
+        half = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, **args,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    full = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, **args,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    w = half.trace.weight_probs
+    assert w.dtype == torch.float32
+    assert torch.allclose(w[half.trace.fed].sum(-1), torch.ones(()), atol=1e-6)
+    fw = full.trace.weight_probs
+    assert not torch.equal(w, fw)  # the autocast really ran the model in bf16
+    # the same tokens win in the first latent step's top-k (bf16 moves values, not the ranking)
+    assert (half.trace.weight_ids[:, 0, 0] == full.trace.weight_ids[:, 0, 0]).float().mean() > 0.7
+
+
 def test_stop_rules_per_sample(tok):
     sp = special_ids(tok)
     model = _model(tok, "gpt2").eval()
