@@ -16,8 +16,9 @@ Usage::
         [--methods cot,nocot,coconut_sup] [--test-size 500] [--threads 2]
 
 ``--scale`` multiplies every step budget and training time (0.25 for a quick look; a GPU run can
-use 4+); ``--mixed-precision bf16`` trains under accelerate's bf16 autocast (for a GPU). Every model is saved under ``<out>/<task>/<method>`` and loaded instead of retrained on
-a rerun, so a killed benchmark continues where it stopped. The last line is one JSON object
+use 4+); ``--mixed-precision bf16`` trains under accelerate's bf16 autocast (for a GPU). Every
+model is saved under ``<out>/<task>/<method>`` and loaded instead of retrained on a rerun, so a
+killed benchmark continues where it stopped. The last line is one JSON object
 ``{"task", "device", "methods": {name: {"accuracy", "reasoning_positions", "usage_drop", ...}}}``.
 """
 

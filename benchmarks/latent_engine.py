@@ -68,11 +68,12 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32",
-        help="bf16: every measure (baselines too) under torch.autocast; rule probabilities stay fp32",
+        help="bf16: every measure (baselines too) under autocast; rule probabilities stay fp32",
     )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    with torch.autocast(args.device.split(":")[0], torch.bfloat16, enabled=args.precision == "bf16"):
+    bf16 = args.precision == "bf16"
+    with torch.autocast(args.device.split(":")[0], torch.bfloat16, enabled=bf16):
         return measure(args)
 
 
