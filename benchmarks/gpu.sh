@@ -11,8 +11,7 @@
 # environment, else runs/gpu-<date>). --dry-run runs the same steps at toy sizes (on the CPU
 # when there is no GPU) to show the script works; its numbers mean nothing.
 #
-# Not here: the recursive reasoners (workbench/recursive has no device path yet) and the graph
-# task (no CoT model learns it at these budgets).
+# Not here: the graph task (no CoT model learns it at these budgets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,11 +49,13 @@ if [ "$DRY" = 1 ]; then
   RL="--throughput-only --rollouts 16 --tokens 8"
   ENGINE_BF16="--device $DEVICE --batch 8 --batches 16 --test-size 32 --ref-examples 4 --rollout-examples 2 --repeat 1"
   COMPARE="--task arithmetic --methods nocot,atp --scale 0.005 --test-size 32 --usage-size 16"
+  RECURSIVE="--device $DEVICE --size 4 --seconds 3 --train-size 50 --test-size 20 --batch-size 16"
 else
   ENGINE="--device $DEVICE --batch 64 --batches 64,256,1024 --test-size 4096 --ref-examples 200 --rollout-examples 64 --repeat 5 --profile"
   RL="--throughput-only --rollouts 4096 --tokens 32"
   ENGINE_BF16="--device $DEVICE --batch 64 --batches 256,1024 --test-size 4096 --ref-examples 100 --rollout-examples 32 --repeat 3"
   COMPARE="--task arithmetic --methods nocot,atp --scale 0.2 --test-size 1000"
+  RECURSIVE="--device $DEVICE --size 9 --seconds 25 --train-size 1000 --test-size 500 --batch-size 1024"
 fi
 
 run() {  # name, timeout seconds, command...: keeps the last line (the JSON object)
@@ -74,11 +75,12 @@ run() {  # name, timeout seconds, command...: keeps the last line (the JSON obje
   fi
 }
 
-run latent_engine 150 "$PY" benchmarks/latent_engine.py $ENGINE
-run latent_engine_bf16 90 "$PY" benchmarks/latent_engine.py $ENGINE_BF16 --precision bf16
+run latent_engine 120 "$PY" benchmarks/latent_engine.py $ENGINE
+run latent_engine_bf16 60 "$PY" benchmarks/latent_engine.py $ENGINE_BF16 --precision bf16
 run rl_throughput 60 "$PY" benchmarks/rl.py $RL
-run compare_arithmetic 180 "$PY" benchmarks/compare_methods.py $COMPARE --mixed-precision bf16 \
+run compare_arithmetic 150 "$PY" benchmarks/compare_methods.py $COMPARE --mixed-precision bf16 \
   --out "$OUT_DIR/models"
+run recursive_sudoku 90 "$PY" benchmarks/recursive.py $RECURSIVE
 
 "$PY" - "$OUT_DIR" "$NAME" <<'EOF' | tee "$OUT_DIR/summary.txt"
 import json, sys
@@ -95,6 +97,9 @@ for r in rows:
         parts = [f"batch {b}: {e['speedup_vs_reference']:.1f}x, {e['positions_per_s']:.0f} pos/s"
                  for b, e in res["engine"].items()]
         parts += [f"rollouts {b}: {e['speedup_vs_batch1']:.1f}x" for b, e in res["rollouts"].items()]
+    elif r["benchmark"] == "recursive_sudoku":
+        parts = [f"{x['arm']}: exact {x['exact_acc']:.3f} in {x['train_steps']} steps"
+                 for x in res["rows"]]
     elif r["benchmark"] == "rl_throughput":
         tp = res["throughput"]
         parts = [f"{tp['trajectories']} trajectories: {tp['ratio']:.1f}x generate loop"]

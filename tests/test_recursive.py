@@ -167,6 +167,15 @@ def test_loading_under_another_config_names_the_field(tmp_path):
         load_model(path)
 
 
+def test_trainer_keeps_its_batch_on_its_device_and_rollouts_return_cpu(puzzles4):
+    cfg = TrainConfig(steps=2, batch_size=4, device="cpu")
+    trainer = RecursiveTrainer(preset("trm", size=4, hidden=16, layers=1), cfg, puzzles4)
+    trainer.fit()
+    assert all(v.device == trainer.device for v in trainer._batch.values())
+    roll = trainer.eval_model.rollout(sudoku.encode([puzzles4[0]["question"]]))
+    assert roll.logits.device.type == "cpu" and roll.logits.dtype == torch.float32
+
+
 def test_same_seed_same_training(puzzles4):
     a = _train(puzzles4, steps=10)
     b = _train(puzzles4, steps=10)
@@ -229,6 +238,7 @@ def test_tiny_model_overfits_a_handful_of_puzzles(puzzles4, arm):
         (lambda: TrainConfig(lr=0), "TrainConfig.lr"),
         (lambda: TrainConfig(ema_decay=1.0), "TrainConfig.ema_decay"),
         (lambda: TrainConfig(halt_explore_prob=1.5), "TrainConfig.halt_explore_prob"),
+        (lambda: TrainConfig(device="tpu"), "TrainConfig.device"),
         (lambda: preset("nope"), "arm"),
     ],
 )

@@ -276,18 +276,22 @@ class RecursiveReasoner(nn.Module):
 
     @torch.no_grad()
     def rollout(self, puzzles: torch.Tensor) -> Rollout:
-        """All ``n_sup`` steps on ``puzzles`` [B, cells], as at evaluation (no halting)."""
+        """All ``n_sup`` steps on ``puzzles`` [B, cells], as at evaluation (no halting).
+
+        Runs on the model's device and returns CPU tensors, so the diagnostics never move data.
+        """
+        puzzles = puzzles.to(self.y_init.device)
         carry = self.initial_carry(len(puzzles))
         logits, qs = [self.readout(carry.y)], []
         tokens = puzzles
         for s in range(1, self.cfg.n_sup + 1):
-            t = torch.full((len(puzzles),), s, dtype=torch.long)
+            t = torch.full((len(puzzles),), s, dtype=torch.long, device=puzzles.device)
             carry, out, q = self.step(carry, tokens, t)
             logits.append(out)
             qs.append(q)
             tokens = self.next_tokens(puzzles, out.argmax(-1))
-        q_halt = torch.stack(qs) if self.q_head is not None else None
-        return Rollout(torch.stack(logits), q_halt)
+        q_halt = torch.stack(qs).float().cpu() if self.q_head is not None else None
+        return Rollout(torch.stack(logits).float().cpu(), q_halt)
 
     def solve(self, puzzles: torch.Tensor) -> torch.Tensor:
         """The final prediction [B, cells] (digits; 0 if the model still predicts a blank)."""
@@ -299,7 +303,7 @@ class RecursiveReasoner(nn.Module):
 
 def save_model(model: RecursiveReasoner, path: str | Path) -> Path:
     """Write ``model`` to folder ``path`` (``config.json`` + ``model.safetensors``), atomically."""
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_folder(path) as tmp:
         atomic_save_safetensors(tmp / WEIGHTS_FILE, tensors)
         atomic_write_json(

@@ -16,12 +16,13 @@ EMA weights (``ema_decay``) are the ones :attr:`RecursiveTrainer.eval_model` ret
 :meth:`RecursiveTrainer.save` writes.
 
 Deviations from RESEARCH 4.1-4.2: AdamW instead of AdamATan2; softmax CE in float32 instead of
-stablemax in float64; no bf16; examples are drawn with replacement rather than by epochs; the
-DIS path schedule reveals ``max(s, floor(s * n_diff / n_sup))`` cells at step s (capped at
-n_diff), so that every step moves strictly closer even when a puzzle has fewer blanks than
-n_sup (the DIS code's ``floor`` alone would repeat a target); a row's exploration depth is drawn
-once when it enters the batch (TRM redraws it every step); the gradient norm is clipped at 1.0
-by default (TRM does not clip). The default lr/wd/EMA/batch follow 4.3.
+stablemax in float64; no bf16 (``TrainConfig.device`` puts the model and the batch on a GPU, in
+fp32); examples are drawn with replacement rather than by epochs; the DIS path schedule reveals
+``max(s, floor(s * n_diff / n_sup))`` cells at step s (capped at n_diff), so that every step
+moves strictly closer even when a puzzle has fewer blanks than n_sup (the DIS code's ``floor``
+alone would repeat a target); a row's exploration depth is drawn once when it enters the batch
+(TRM redraws it every step); the gradient norm is clipped at 1.0 by default (TRM does not clip).
+The default lr/wd/EMA/batch follow 4.3.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class TrainConfig:
     """Append a record to ``log_history`` (and call the callbacks) every this many steps."""
     seed: int = 0
     """Seeds the model init, the sampling of puzzles and the augmentations."""
+    device: str | None = None
+    """``cpu``, ``cuda`` or ``cuda:N`` for the model and the batch (None: ``cuda`` when one is
+    available, else ``cpu``). Puzzles are sampled and augmented on the CPU either way, so a seed
+    draws the same puzzles on every device."""
 
     def __post_init__(self):
         check_range(self, "steps", ge=1, integer=True)
@@ -92,6 +97,12 @@ class TrainConfig:
         check_range(self, "grad_clip", gt=0, allow_none=True)
         check_range(self, "log_every", ge=1, integer=True)
         check_range(self, "seed", ge=0, integer=True)
+        check_that(
+            self,
+            "device",
+            self.device is None or self.device == "cpu" or str(self.device).startswith("cuda"),
+            "None, 'cpu', 'cuda' or 'cuda:N'",
+        )
 
 
 def linear_path(
@@ -144,7 +155,10 @@ class RecursiveTrainer:
         )
         torch.manual_seed(train_cfg.seed)
         self.generator = torch.Generator().manual_seed(train_cfg.seed)
-        self.model = RecursiveReasoner(model_cfg)
+        self.device = torch.device(
+            train_cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.model = RecursiveReasoner(model_cfg).to(self.device)
         self.ema = None
         if train_cfg.ema_decay is not None:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -171,18 +185,18 @@ class RecursiveTrainer:
     # ------------------------------------------------------------------ the persistent batch
 
     def _fresh_batch(self) -> dict[str, torch.Tensor]:
-        b = self.cfg.batch_size
+        b, cells, dev = self.cfg.batch_size, self.model_cfg.cells, self.device
         y, z = self.model.initial_carry(b)
         return {
             "y": y,
             "z": z,
-            "puzzle": torch.zeros(b, self.model_cfg.cells, dtype=torch.long),
-            "solution": torch.zeros(b, self.model_cfg.cells, dtype=torch.long),
-            "tokens": torch.zeros(b, self.model_cfg.cells, dtype=torch.long),
-            "ranks": torch.zeros(b, self.model_cfg.cells, dtype=torch.long),
-            "steps": torch.zeros(b, dtype=torch.long),
-            "min_steps": torch.zeros(b, dtype=torch.long),
-            "halted": torch.ones(b, dtype=torch.bool),
+            "puzzle": torch.zeros(b, cells, dtype=torch.long, device=dev),
+            "solution": torch.zeros(b, cells, dtype=torch.long, device=dev),
+            "tokens": torch.zeros(b, cells, dtype=torch.long, device=dev),
+            "ranks": torch.zeros(b, cells, dtype=torch.long, device=dev),
+            "steps": torch.zeros(b, dtype=torch.long, device=dev),
+            "min_steps": torch.zeros(b, dtype=torch.long, device=dev),
+            "halted": torch.ones(b, dtype=torch.bool, device=dev),
         }
 
     def _refill(self, st: dict[str, torch.Tensor]) -> None:
@@ -191,19 +205,21 @@ class RecursiveTrainer:
         k = int(new.sum())
         if k == 0:
             return
-        g = self.generator
+        g, dev = self.generator, self.device  # sampled on the CPU: the same draws on any device
         idx = torch.randint(len(self.puzzles), (k,), generator=g)
         puzzle, solution = self.puzzles[idx], self.solutions[idx]
         if self.cfg.augment:
             puzzle, solution = sudoku.augment(puzzle, solution, g)
+        puzzle, solution = puzzle.to(dev), solution.to(dev)
         y0, z0 = self.model.initial_carry(k)
         st["y"][new], st["z"][new] = y0, z0
         st["puzzle"][new], st["solution"][new], st["tokens"][new] = puzzle, solution, puzzle
-        st["ranks"][new] = random_ranks(k, self.model_cfg.cells, g)
+        st["ranks"][new] = random_ranks(k, self.model_cfg.cells, g).to(dev)
         st["steps"][new] = 0
         explore = torch.rand(k, generator=g) < self.cfg.halt_explore_prob
         lo, hi = min(2, self.model_cfg.n_sup), self.model_cfg.n_sup
-        st["min_steps"][new] = torch.where(explore, torch.randint(lo, hi + 1, (k,), generator=g), 0)
+        depth = torch.where(explore, torch.randint(lo, hi + 1, (k,), generator=g), 0)
+        st["min_steps"][new] = depth.to(dev)
 
     def train_step(self) -> dict[str, float]:
         """One supervision step of every row and one optimizer step.
@@ -222,7 +238,7 @@ class RecursiveTrainer:
         lm_loss = F.cross_entropy(logits.transpose(1, 2), target)
         pred = logits.detach().argmax(-1)
         exact = (pred == st["solution"]).all(1)
-        loss, halt_loss = lm_loss, torch.zeros(())
+        loss, halt_loss = lm_loss, torch.zeros((), device=lm_loss.device)
         if q is not None:
             halt_loss = F.binary_cross_entropy_with_logits(q, exact.float())
             loss = loss + cfg.halt_loss_weight * halt_loss
