@@ -23,6 +23,7 @@ from workbench.methods.latent_sft import (
     Stage2Loss,
     build_soft_labels,
     cot_segments,
+    cot_soft_labels,
     decoder_sequence,
     encoder_latents,
     encoder_sequence,
@@ -81,6 +82,8 @@ def test_config_validation():
         {"encoder_lr": 0},
         {"stage2_batch_size": 0},
         {"max_time_s": 0},
+        {"teacher": "oracle"},
+        {"teacher": "cot", "gumbel": True},
     ):
         with pytest.raises(ConfigError):
             LatentSFTConfig(**bad)
@@ -339,3 +342,40 @@ def test_train_latent_sft_end_to_end(tok, tmp_path):
     ev = res.evaluate(data[:3])
     assert ev.summary["latent_steps"] <= 4
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
+
+
+def test_cot_teachers_are_the_segment_histograms(tok):
+    texs = tokenize_examples(examples(3, digits=3), tok)
+    cfg = LatentSFTConfig(teacher="cot", gumbel=False, compression_rate=4, top_k=3)
+    labels = cot_soft_labels(texs, cfg, len(tok))
+    for i, tex in enumerate(texs):
+        ids, probs = labels[i]
+        segments = cot_segments(tex, 4)
+        assert ids.shape == (len(segments), 3)
+        for seg, row_ids, row_p in zip(segments, ids, probs, strict=True):
+            kept = [int(t) for t, p in zip(row_ids, row_p, strict=True) if p > 0]
+            counts = torch.tensor([float(seg.count(t)) for t in kept])
+            assert torch.allclose(row_p[: len(kept)], counts / counts.sum())  # shares of the kept
+            assert seg.count(kept[0]) == max(seg.count(t) for t in seg)  # most frequent first
+    one_hot = cot_soft_labels(texs, LatentSFTConfig(teacher="cot", gumbel=False,
+                                                    compression_rate=1), len(tok))  # fmt: skip
+    ids, probs = one_hot[0]
+    assert ids[:, 0].tolist() == [s[0] for s in cot_segments(texs[0], 1)]
+    assert torch.equal(probs, torch.ones_like(probs))
+
+
+def test_train_with_cot_teachers_skips_stage_1_and_learns(tok, tmp_path):
+    model = tiny_model(tok)
+    cfg = LatentSFTConfig(teacher="cot", gumbel=False, compression_rate=2, encoder_steps=5,
+                          stage2_steps=30, stage2_lr=3e-3, batch_size=6, log_every=1)  # fmt: skip
+    data = examples(6, digits=2)
+    res = train_latent_sft(model, tok, data, cfg, output_dir=tmp_path / "run")
+    assert set(res.histories) == {"stage2"}  # no encoder, decoder or union sub-stage ran
+    h = res.histories["stage2"]
+    assert h["kl"].iloc[-3:].mean() < 0.5 * h["kl"].iloc[:3].mean()
+    labels = load_soft_labels(res.soft_label_path)
+    texs = tokenize_examples(data, tok)
+    assert labels.n_latent(0) == len(cot_segments(texs[0], 2))
+    with pytest.raises(SoftLabelCacheMismatch, match="teacher"):  # not an encoder's cache
+        load_soft_labels(res.soft_label_path, soft_label_meta(LatentSFTConfig(compression_rate=2),
+                                                              len(tok), texs))  # fmt: skip

@@ -68,6 +68,12 @@ Workbench mapping and deviations from the reference code (DJC-GO-SOLO/Latent-SFT
   the engine's batched cache continuation is equivalent to a greedy re-prefill.
 * Schedule: a fixed number of optimizer steps per sub-stage with the workbench Trainer (cosine,
   warm-up), not "10 epochs each, best checkpoint on a dev set" (RESEARCH 1.6).
+
+Option not in Latent-SFT: ``teacher="cot"`` (CoT2-style per-latent targets, RESEARCH Part A 7)
+replaces the encoder's soft labels by the token histogram of each latent's own ``r`` CoT tokens
+(:func:`cot_soft_labels`) and skips stage 1; stage 2 and inference are unchanged. CoT2 trains
+from scratch on traces whose per-step distribution mixes several paths; here the trace is a
+single path, so a target has at most ``r`` tokens (one-hot at ``r = 1``).
 """
 
 from __future__ import annotations
@@ -133,6 +139,7 @@ _CACHE_KEYS = (
     "top_k",
     "compression_rate",
     "temperature",
+    "teacher",
     "examples_sha1",
 )
 
@@ -140,6 +147,10 @@ _CACHE_KEYS = (
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
+
+
+TEACHERS = ("encoder", "cot")
+"""Sources of the stage-2 targets (:attr:`LatentSFTConfig.teacher`)."""
 
 
 @dataclass
@@ -216,6 +227,13 @@ class LatentSFTConfig:
     """Resample a perturbed teacher at most this many times while its top-1 is ``<eot>``.
     ``>= 0``."""
 
+    teacher: str = "encoder"
+    """Where the stage-2 targets come from. ``encoder``: Latent-SFT, the stage-1 union encoder's
+    top-k superposition of every segment. ``cot``: CoT2-style (RESEARCH Part A 7; arXiv
+    2505.23648), the empirical token distribution of the latent's own ``r`` CoT tokens, so every
+    latent is supervised by the trace itself; stage 1 is skipped (its step counts are ignored)
+    and the noise is off (``gumbel`` must be False)."""
+
     kl_weight: float = 1.0
     """Weight of the stage-2 top-k KL term. ``>= 0``."""
 
@@ -286,6 +304,13 @@ class LatentSFTConfig:
         self.gumbel_clamp = (float(c[0]), float(c[1]))
         for name in ("gumbel", "progress"):
             check_choice(self, name, (True, False))
+        check_choice(self, "teacher", TEACHERS)
+        check_that(
+            self,
+            "gumbel",
+            not (self.teacher == "cot" and self.gumbel),
+            "False with teacher='cot' (the noise perturbs an encoder's teacher, not a trace)",
+        )
         check_that(
             self,
             "ce_weight",
@@ -623,6 +648,7 @@ def soft_label_meta(config: LatentSFTConfig, vocab_size: int, texs: list[Tokeniz
         "top_k": config.top_k,
         "compression_rate": config.compression_rate,
         "temperature": config.temperature,
+        "teacher": config.teacher,
         "examples_sha1": examples_fingerprint(texs),
     }
 
@@ -709,6 +735,37 @@ def build_soft_labels(
     meta = soft_label_meta(config, E.shape[0], texs)
     meta.update({"n_latents": int(ids.shape[0]), "config": dataclasses.asdict(config)})
     return SoftLabels(ids.long(), probs.float(), offsets.long(), meta)
+
+
+def cot_soft_labels(
+    texs: list[TokenizedExample], config: LatentSFTConfig, vocab_size: int
+) -> SoftLabels:
+    """CoT2-style teachers: each latent's target is the token histogram of its ``r``-token CoT
+    segment (most frequent first, at most ``top_k`` tokens, renormalised; unused slots have
+    weight 0). At ``r = 1`` every target is one-hot on the CoT token it replaces."""
+    r, k = config.compression_rate, min(config.top_k, config.compression_rate, vocab_size)
+    ids, probs, counts = [], [], [0]
+    for tex in texs:
+        segments = cot_segments(tex, r)
+        for seg in segments:
+            hist: dict[int, int] = {}
+            for t in seg:  # insertion order breaks ties: the earlier token first
+                hist[t] = hist.get(t, 0) + 1
+            top = sorted(hist.items(), key=lambda kv: -kv[1])[:k]
+            row_ids = [t for t, _ in top] + [top[0][0]] * (k - len(top))
+            row_w = [float(c) for _, c in top] + [0.0] * (k - len(top))
+            total = sum(row_w)
+            ids.append(row_ids)
+            probs.append([w / total for w in row_w])
+        counts.append(len(segments))
+    meta = soft_label_meta(config, vocab_size, texs)
+    meta.update({"n_latents": len(ids), "config": dataclasses.asdict(config)})
+    return SoftLabels(
+        torch.tensor(ids, dtype=torch.long).reshape(-1, k),
+        torch.tensor(probs, dtype=torch.float).reshape(-1, k),
+        torch.tensor(counts).cumsum(0),
+        meta,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -1089,7 +1146,7 @@ def train_latent_sft(
         ("decoder", config.decoder_steps, config.decoder_lr),
         ("union", config.union_steps, config.union_lr),
     ):
-        if steps == 0:
+        if steps == 0 or config.teacher == "cot":  # CoT2 teachers need no encoder
             continue
         stage1.set_trainable(part)
         trainer = Trainer(
@@ -1113,8 +1170,12 @@ def train_latent_sft(
         if output_dir is not None
         else Path(tempfile.mkdtemp(prefix="latent-sft-soft-labels-"))
     )
-    expected = soft_label_meta(config, decoder.get_input_embeddings().weight.shape[0], texs)
-    labels = build_soft_labels(encoder, decoder, tokenizer, texs, config)
+    vocab = decoder.get_input_embeddings().weight.shape[0]
+    expected = soft_label_meta(config, vocab, texs)
+    if config.teacher == "cot":
+        labels = cot_soft_labels(texs, config, vocab)
+    else:
+        labels = build_soft_labels(encoder, decoder, tokenizer, texs, config)
     save_soft_labels(labels, cache_dir)
     labels = load_soft_labels(cache_dir, expected)  # what stage 2 trains on is what is on disk
 
