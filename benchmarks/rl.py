@@ -85,8 +85,8 @@ def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int 
 def run_method(name: str, models: Path, task: str, args) -> dict:
     record = get_method(name)
     recipe = RECIPES[task]
-    row = args.start.get(name, START_ROW[name])
-    start = TrainedModel.load(models / task / row)
+    start_row = args.start.get(name, START_ROW[name])
+    start = TrainedModel.load(models / task / start_row)
     data = prepare_data(
         task,
         train_size=recipe.train_size,
@@ -97,11 +97,14 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
     )
     held_out = data.test
     before = start.evaluate(held_out).summary
+    sampled_before = sampled_accuracy(start, held_out, args.seed)
     cfg = record.config_cls(
         num_generations=args.generations,
         per_device_train_batch_size=args.questions,
         max_steps=args.steps,
         learning_rate=args.lr,
+        num_iterations=args.num_iterations,
+        temperature=args.temperature,
         seed=args.seed,
     )
     t0 = time.perf_counter()
@@ -111,18 +114,41 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
     h = tm.history
     if args.out:
         tm.save(Path(args.out) / task / name)
-    return {
-        "start": row,
+    window = max(1, min(10, len(h) // 4))  # first and last quarter, at most 10 steps each
+    row = {
+        "start": start_row,
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
         "gain": after["accuracy"] - before["accuracy"],
         "latents_before": before["latent_steps"],
         "latents_after": after["latent_steps"],
-        "reward_first": float(h["reward"].iloc[0]),
-        "reward_last": float(h["reward"].iloc[-5:].mean()),
+        "reward_first": float(h["reward"].iloc[:window].mean()),
+        "reward_last": float(h["reward"].iloc[-window:].mean()),
+        "distinct_per_group": float(h["distinct_per_group"].mean()),
+        "frac_reward_zero_std": float(h["frac_reward_zero_std"].mean()),
         "trajectories": args.steps * args.questions * args.generations,
         "train_minutes": minutes,
     }
+    for col in h.columns:  # each reward part's mean over the first and last window
+        if col.startswith("rewards/") and col.endswith("/mean"):
+            part = col.split("/")[1]
+            row[f"{part}_first"] = float(h[col].iloc[:window].mean())
+            row[f"{part}_last"] = float(h[col].iloc[-window:].mean())
+    if sampled_before is not None:
+        row["accuracy_sampled_before"] = sampled_before
+        row["accuracy_sampled_after"] = sampled_accuracy(tm, held_out, args.seed)
+    return row
+
+
+def sampled_accuracy(tm: TrainedModel, examples: list, seed: int) -> float | None:
+    """ATP's own evaluation mode (latents sampled, RESEARCH Part B 1 pitfall 3); None for a
+    model without Gaussian latents."""
+    from workbench.engine.feedback import GaussianFeedback
+    from workbench.methods.atp import sampled_spec
+
+    if tm.spec is None or not isinstance(tm.spec.feedback, GaussianFeedback):
+        return None
+    return float(tm.evaluate(examples, spec=sampled_spec(tm.spec), seed=seed).summary["accuracy"])
 
 
 def _cell(v) -> str:
@@ -140,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--num-iterations", type=int, default=1, help="passes over each rollout batch")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--test-size", type=int, default=500)
     p.add_argument("--rollouts", type=int, default=256, help="trajectories in the throughput run")
     p.add_argument("--tokens", type=int, default=32, help="tokens per trajectory there")
     p.add_argument("--throughput-only", action="store_true")
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput run")
     p.add_argument("--out", help="save the RL models under <out>/<task>/<method>")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -168,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         **RECIPES[args.task].difficulty,
     ).test
     cot.model.to(device)
-    tp = throughput(cot, examples, args.rollouts, args.tokens, args.seed)
-    print(
-        f"throughput ({device}): {tp['trajectories']} trajectories x {tp['tokens']} tokens: "
-        f"batched engine {tp['batched_per_s']:.1f}/s, per-sample generate loop "
-        f"{tp['loop_per_s']:.1f}/s, ratio {tp['ratio']:.1f}x",
-        flush=True,
-    )
+    tp = None
+    if not args.no_throughput:
+        tp = throughput(cot, examples, args.rollouts, args.tokens, args.seed)
+        print(
+            f"throughput ({device}): {tp['trajectories']} trajectories x {tp['tokens']} tokens: "
+            f"batched engine {tp['batched_per_s']:.1f}/s, per-sample generate loop "
+            f"{tp['loop_per_s']:.1f}/s, ratio {tp['ratio']:.1f}x",
+            flush=True,
+        )
     results: dict[str, dict] = {}
     if not args.throughput_only:
         for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -192,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "latents_after",
             "reward_first",
             "reward_last",
+            "distinct_per_group",
             "trajectories",
             "train_minutes",
         ]

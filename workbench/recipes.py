@@ -115,6 +115,9 @@ RECIPES: dict[str, TaskRecipe] = {
         entries={
             "cot": Entry(BASE_METHOD, train={"max_steps": 5000, "eval_every": 500}),
             "nocot": Entry(NO_COT_METHOD, train={"max_steps": 5000, "eval_every": 500}),
+            # a CoT that is often wrong: the SFT start of LEPO and LaTRO (RL cannot improve on
+            # the 100% CoT, whose G samples of a question are all the same)
+            "cot_1500": Entry(BASE_METHOD, train={"max_steps": 1500, "eval_every": 500}),
             **curriculum_rows(ARITHMETIC_STAGES),
             # the same curriculum and step supervision; stop head, Gaussian latents, KL 1e-3
             "atp": Entry("atp", {**ARITHMETIC_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
