@@ -81,8 +81,9 @@ def evaluate(
 ) -> EvalResult:
     """Exact-match accuracy and reasoning lengths of ``model`` on ``examples`` (list or HF Dataset).
 
-    ``max_new_tokens`` defaults to the longest gold continuation (reasoning, if no latents, plus
-    answer) + 8. Stochastic feedback rules draw from a generator seeded with ``seed``.
+    ``max_new_tokens`` defaults to the longest gold continuation + 8: the answer, plus the explicit
+    reasoning unless the spec appends ``<eot>`` after its latents (a spec that does not, such as
+    LEPO's soft prefix, lets the model write the rest of its rationale). Stochastic feedback rules draw from a generator seeded with ``seed``.
     """
     examples = [dict(e) for e in examples]
     if not examples:
@@ -92,7 +93,7 @@ def evaluate(
     append_eot = spec.append_eot if spec is not None else False
     if max_new_tokens is None:
         longest = max(
-            len(t.answer) + (0 if spec is not None else len(t.reasoning()) + 1) for t in texs
+            len(t.answer) + (0 if append_eot else len(t.reasoning()) + 1) for t in texs
         )
         max_new_tokens = longest + 8
     was_training = model.training
