@@ -94,3 +94,16 @@ def test_answer_normalisation_and_fallbacks():
     assert extract_fallback("so The answer is: 42.") == "42"
     assert extract_fallback(r"hence \boxed{7}") == "7"
     assert extract_fallback("no answer here") is None
+
+
+def test_a_spec_without_forced_eot_leaves_room_for_the_rationale():
+    """LEPO-style specs (soft prefix, then the model's own text): the budget covers the CoT."""
+    tok = build_char_tokenizer()
+    train = generate("multiplication", 6, 0, digits_a=2)
+    model = _overfit_model(tok, train)
+    soft_prefix = LatentSpec(stop=FixedSteps(1), max_latent_steps=1, append_eot=False)
+    res = evaluate(model, tok, train[:4], spec=soft_prefix)
+    longest_answer = max(len(tok(e["answer"])["input_ids"]) for e in train[:4])
+    assert res.per_example["reasoning_tokens"].max() > longest_answer + 8  # not cut at the answer
+    forced = evaluate(model, tok, train[:4], spec=LatentSpec(stop=FixedSteps(1), max_latent_steps=1))
+    assert (forced.per_example["reasoning_tokens"] == 0).all()  # <eot> appended: answer only
