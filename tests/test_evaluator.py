@@ -105,5 +105,6 @@ def test_a_spec_without_forced_eot_leaves_room_for_the_rationale():
     res = evaluate(model, tok, train[:4], spec=soft_prefix)
     longest_answer = max(len(tok(e["answer"])["input_ids"]) for e in train[:4])
     assert res.per_example["reasoning_tokens"].max() > longest_answer + 8  # not cut at the answer
-    forced = evaluate(model, tok, train[:4], spec=LatentSpec(stop=FixedSteps(1), max_latent_steps=1))
+    forced_eot = LatentSpec(stop=FixedSteps(1), max_latent_steps=1)
+    forced = evaluate(model, tok, train[:4], spec=forced_eot)
     assert (forced.per_example["reasoning_tokens"] == 0).all()  # <eot> appended: answer only

@@ -83,7 +83,8 @@ def evaluate(
 
     ``max_new_tokens`` defaults to the longest gold continuation + 8: the answer, plus the explicit
     reasoning unless the spec appends ``<eot>`` after its latents (a spec that does not, such as
-    LEPO's soft prefix, lets the model write the rest of its rationale). Stochastic feedback rules draw from a generator seeded with ``seed``.
+    LEPO's soft prefix, lets the model write the rest of its rationale). Stochastic feedback rules
+    draw from a generator seeded with ``seed``.
     """
     examples = [dict(e) for e in examples]
     if not examples:
@@ -92,9 +93,7 @@ def evaluate(
     texs = tokenize_examples(examples, tokenizer)
     append_eot = spec.append_eot if spec is not None else False
     if max_new_tokens is None:
-        longest = max(
-            len(t.answer) + (0 if append_eot else len(t.reasoning()) + 1) for t in texs
-        )
+        longest = max(len(t.answer) + (0 if append_eot else len(t.reasoning()) + 1) for t in texs)
         max_new_tokens = longest + 8
     was_training = model.training
     model.eval()
