@@ -101,6 +101,31 @@ RECIPES: dict[str, TaskRecipe] = {
                     "stage2_steps": 500,
                 },
             ),
+            # CoT2-style targets (each latent's own CoT tokens): r=1 is the sanity run (100%);
+            # r=2 and r=4 at 1,000 steps end at 0% (a histogram of digits loses their order)
+            "latent_sft_cot": Entry(
+                "latent_sft",
+                {
+                    "teacher": "cot",
+                    "gumbel": False,
+                    "compression_rate": 1,
+                    "stage2_steps": 300,
+                    "stage2_lr": 5e-4,
+                    "max_latent_steps": 40,
+                },
+            ),  # fmt: skip
+            # the arithmetic curriculum's budget with ATP's supervision, c=2: 0.0%, decoded 26%
+            "atp": Entry(
+                "atp",
+                {
+                    "c_thought": 2,
+                    "max_latent_stage": 3,
+                    "steps_per_stage": 1000,
+                    "final_stage_steps": 1000,
+                    **ATP_SUPERVISION,
+                },
+                _lat(1e-3),
+            ),  # fmt: skip
         },
     ),
     "arithmetic": TaskRecipe(
