@@ -131,6 +131,7 @@ def test_a_continued_row_brings_the_rows_it_starts_from():
         "atp_long",
         "nocot",
     ]
+    assert with_start_rows(recipe, ["nocot"]) == ["nocot"]  # a baseline needs no CoT run
     trained = {"cot": "the cot model", "atp": "the atp model"}
     assert start_of(recipe.entries["atp_long"], trained) == "the atp model"
     assert start_of(recipe.entries["atp"], trained) == "the cot model"
