@@ -57,6 +57,21 @@ def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:
     return float(tm.evaluate(examples).summary["accuracy"])
 
 
+def mean_step_fact_rate(per_example) -> float | None:
+    """Mean :func:`step_fact_rate` of the written rationales (the text before ``<eot>``)."""
+    from workbench.data.tasks.graph_qa import step_fact_rate
+
+    rates = []
+    for question, text in zip(per_example["question"], per_example["generated"], strict=True):
+        if "<eot>" not in text:
+            continue
+        words = [w for w in text.split("<eot>")[0].split() if not w.startswith("<")]
+        rate = step_fact_rate(question, " ".join(words))
+        if rate is not None:
+            rates.append(rate)
+    return sum(rates) / len(rates) if rates else None
+
+
 def _json_safe(v):
     """NaN and inf as ``null``: the last line must be strict JSON."""
     if isinstance(v, dict):
@@ -118,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             tm.meta["train_minutes"] = minutes
             tm.save(folder)
         trained[name] = tm
-        res = tm.evaluate(data.test).summary
+        ev = tm.evaluate(data.test)
+        res = ev.summary
         usage = usage_drop(tm.model, tm.tokenizer, data.test[: args.usage_size], tm.spec)
         row = {
             "accuracy": res["accuracy"],
@@ -131,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.task == "graph":
             row["prosqa_real_accuracy"] = real_prosqa_accuracy(tm, args.test_size)
+            row["step_fact_rate"] = mean_step_fact_rate(ev.per_example)
         if tm.method == "atp":  # both modes, and whether the latents decode to the steps
             row["accuracy_sampled"] = tm.evaluate(data.test, spec=atp.sampled_spec(tm.spec),
                                                   seed=args.seed).summary["accuracy"]  # fmt: skip
@@ -141,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["accuracy", "reasoning_positions", "forward_passes", "drop_zero", "drop_swap",
             "drop_pause", "usage_drop", "train_steps", "train_minutes"]  # fmt: skip
     if args.task == "graph":
-        cols.append("prosqa_real_accuracy")
+        cols += ["prosqa_real_accuracy", "step_fact_rate"]
     if any("accuracy_sampled" in r for r in results.values()):
         cols += ["latent_steps", "accuracy_sampled", "decoded_step_exact"]
     print(f"\n{args.task} ({len(data.test)} test problems, device {device}, scale {args.scale})")

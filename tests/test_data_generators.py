@@ -202,6 +202,17 @@ def test_graph_answers_follow_from_the_edges():
     assert 45 <= firsts <= 105
 
 
+def test_step_fact_rate_counts_only_facts_of_the_question():
+    ex = graph_qa.generate(1, random.Random(3), min_depth=2, max_depth=2)[0]
+    gold = " ".join(ex["steps"])
+    assert graph_qa.step_fact_rate(ex["question"], gold) == 1.0
+    first, second = ex["steps"]
+    a, b = re.fullmatch(r"Every ([a-z]+) is a ([a-z]+)\.", second).groups()
+    reversed_fact = f"Every {b} is a {a}."  # the edge backwards: never stated (a DAG)
+    assert graph_qa.step_fact_rate(ex["question"], f"{first} {reversed_fact}") == 0.5
+    assert graph_qa.step_fact_rate(ex["question"], "  ") is None
+
+
 def test_graph_difficulty_knobs_and_errors():
     exs = graph_qa.generate(30, random.Random(1), n_concepts=14, min_depth=5, max_depth=5)
     assert all(len(e["steps"]) == 5 for e in exs)

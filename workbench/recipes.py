@@ -171,12 +171,14 @@ RECIPES: dict[str, TaskRecipe] = {
             "max_people": 2,
             "edges_per_concept": 1.5,
         },
-        train_size=50_000,
+        # 8,000 steps x 32 = 256k problems, each seen once: on 50k problems (5 epochs) the CoT
+        # memorized them (70.5% train vs 52.5% held-out at 8,000 steps)
+        train_size=256_000,
         d_model=128,
         max_positions=512,
         entries={
-            "cot": Entry(BASE_METHOD, train={"max_steps": 4000, "eval_every": 500}),
-            "nocot": Entry(NO_COT_METHOD, train={"max_steps": 4000, "eval_every": 500}),
+            "cot": Entry(BASE_METHOD, train={"max_steps": 8000, "eval_every": 1000}),
+            "nocot": Entry(NO_COT_METHOD, train={"max_steps": 8000, "eval_every": 1000}),
             **curriculum_rows(
                 {
                     "c_thought": 1,

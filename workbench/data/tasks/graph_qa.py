@@ -262,3 +262,18 @@ def generate(
         )
         for _ in range(n)
     ]
+
+
+def step_fact_rate(question: str, reasoning: str) -> float | None:
+    """Share of the sentences of ``reasoning`` that are facts stated in ``question``.
+
+    The question of a shortest-path CoT is a list of facts, so a correct rationale consists of
+    facts only; a model that writes plausible sentences without looking them up ("Tom is a
+    zalpus." where the question says "Tom is a gurpus.") scores low even when its final answer is
+    right. ``None`` when ``reasoning`` has no sentence (latent or no-CoT models).
+    """
+    facts = {s.strip() for s in question.split(".") if s.strip()}
+    said = [s.strip() for s in reasoning.split(".") if s.strip()]
+    if not said:
+        return None
+    return sum(s in facts for s in said) / len(said)
