@@ -8,7 +8,8 @@ problems and prints: accuracy, reasoning positions, forward passes, the latent-u
 (accuracy lost when the latents are zeroed, swapped with another example's, or replaced by the
 pause embedding; ``usage_drop`` is the smallest of the three), train steps and minutes. For the
 graph task it also scores the real ProsQA test split (``shared_dir()/data/prosqa``; skipped
-cleanly when absent).
+cleanly when absent) and ``step_fact_rate``: the share of a written rationale's sentences that
+are facts of the question (whether the CoT looks its steps up or invents them).
 
 Usage::
 
