@@ -39,6 +39,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import torch
 
+from workbench.data.tasks.graph_qa import mean_step_fact_rate
 from workbench.eval.ablations import usage_drop
 from workbench.experiment import TrainedModel, prepare_data
 from workbench.methods import atp
@@ -56,21 +57,6 @@ def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:
         return None
     examples = load_coconut_json(path)[:limit]
     return float(tm.evaluate(examples).summary["accuracy"])
-
-
-def mean_step_fact_rate(per_example) -> float | None:
-    """Mean :func:`step_fact_rate` of the written rationales (the text before ``<eot>``)."""
-    from workbench.data.tasks.graph_qa import step_fact_rate
-
-    rates = []
-    for question, text in zip(per_example["question"], per_example["generated"], strict=True):
-        if "<eot>" not in text:
-            continue
-        words = [w for w in text.split("<eot>")[0].split() if not w.startswith("<")]
-        rate = step_fact_rate(question, " ".join(words))
-        if rate is not None:
-            rates.append(rate)
-    return sum(rates) / len(rates) if rates else None
 
 
 def _json_safe(v):
@@ -148,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.task == "graph":
             row["prosqa_real_accuracy"] = real_prosqa_accuracy(tm, args.test_size)
-            row["step_fact_rate"] = mean_step_fact_rate(ev.per_example)
+            row["step_fact_rate"] = mean_step_fact_rate(
+                ev.per_example["question"], ev.per_example["generated"]
+            )
         if tm.method == "atp":  # both modes, and whether the latents decode to the steps
             row["accuracy_sampled"] = tm.evaluate(data.test, spec=atp.sampled_spec(tm.spec),
                                                   seed=args.seed).summary["accuracy"]  # fmt: skip

@@ -211,6 +211,15 @@ def test_step_fact_rate_counts_only_facts_of_the_question():
     reversed_fact = f"Every {b} is a {a}."  # the edge backwards: never stated (a DAG)
     assert graph_qa.step_fact_rate(ex["question"], f"{first} {reversed_fact}") == 0.5
     assert graph_qa.step_fact_rate(ex["question"], "  ") is None
+    answer = ex["answer"]
+    texts = [
+        f"{gold} <eot> {answer} <eos>",  # 1.0
+        f"{first} {reversed_fact} <eot> {answer} <eos>",  # 0.5
+        f"{answer} <eos>",  # no-CoT: skipped
+        "<bot> <eot> " + answer,  # latent only: skipped
+    ]
+    assert graph_qa.mean_step_fact_rate([ex["question"]] * 4, texts) == 0.75
+    assert graph_qa.mean_step_fact_rate([ex["question"]], [texts[2]]) is None
 
 
 def test_graph_difficulty_knobs_and_errors():

@@ -277,3 +277,20 @@ def step_fact_rate(question: str, reasoning: str) -> float | None:
     if not said:
         return None
     return sum(s in facts for s in said) / len(said)
+
+
+def mean_step_fact_rate(questions, generated) -> float | None:
+    """Mean :func:`step_fact_rate` over generated texts that write a rationale before ``<eot>``.
+
+    Special tokens (``<bot>``, latent markers) are dropped; texts without ``<eot>`` (no-CoT) or
+    with nothing but special tokens before it (latent methods) are skipped; ``None`` if all are.
+    """
+    rates = []
+    for question, text in zip(questions, generated, strict=True):
+        if "<eot>" not in text:
+            continue
+        words = [w for w in text.split("<eot>")[0].split() if not w.startswith("<")]
+        rate = step_fact_rate(question, " ".join(words))
+        if rate is not None:
+            rates.append(rate)
+    return sum(rates) / len(rates) if rates else None
