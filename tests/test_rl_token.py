@@ -149,6 +149,11 @@ def test_latro_logs_its_self_reward(cot, data):
 def test_token_methods_need_a_cot_start(data, cot):
     with pytest.raises(ConfigError, match="explicit-CoT model"):
         lepo.train(data, None)
+    first = lepo.train(data, cot, config=_small(lepo.LEPOConfig, latent_length=2, max_steps=1))
+    again = lepo.train(data, first, config=_small(lepo.LEPOConfig, latent_length=2, max_steps=1))
+    assert again.method == "lepo"  # a LEPO run continues a LEPO model
+    with pytest.raises(ConfigError, match="explicit-CoT model.*'lepo'"):
+        latro.train(data, first, config=_small(latro.LaTROConfig))  # a latent spec: refused
     with pytest.raises(ConfigError, match="LaTROConfig"):
         latro.train(data, cot, train_config=default_train_config())
 

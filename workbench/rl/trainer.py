@@ -170,7 +170,10 @@ def refuse_trainer_settings(method: str, config_name: str, train_config, time_bu
 
 
 def require_cot_start(method: str, base) -> None:
-    """Token-policy methods start from an explicit-CoT model (no latent spec)."""
+    """Token-policy methods start from an explicit-CoT model (no latent spec), or continue a
+    model of their own method (its spec is rebuilt from the config)."""
+    if base is not None and getattr(base, "method", None) == method:
+        return
     if base is None or getattr(base, "spec", None) is not None:
         raise ConfigError(
             f"{method} starts from an explicit-CoT model (method 'cot', no latent spec); got "
