@@ -23,6 +23,10 @@ Deliberate deviations:
   5e-7 on 8B models).
 
 Inference is the CoT model's own: it writes its rationale, ``<eot>`` and the answer.
+
+Measured (arithmetic, from the 68.6% ``cot_1500`` row, 16 questions x 8 rollouts, 500 held-out
+problems, ``benchmarks/rl.py``): lr 1e-5, temperature 0.7, 300 steps: 68.6% -> 71.6%, the
+self-likelihood -5.12 -> -5.08; lr 5e-5 with ``num_iterations`` 2, 100 steps: 68.6% -> 60.8%.
 """
 
 from __future__ import annotations

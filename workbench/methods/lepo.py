@@ -21,6 +21,11 @@ Deliberate deviations (RESEARCH Part B 2(d)):
 
 Inference: ``L`` Gumbel soft tokens (seeded by the evaluator), then greedy decoding, as LEPO's
 evaluation samples its latents.
+
+Measured (arithmetic, from the 68.6% ``cot_1500`` row, 16 questions x 8 rollouts, 500 held-out
+problems, ``benchmarks/rl.py``): lr 1e-5, temperature 0.7, 400 steps: 68.6% -> 70.4% (seed 0),
+4.9 distinct trajectories per group; the same model scores 69.0% under evaluation seed 1, so the
+gain is within the soft tokens' sampling noise; lr 5e-5: 68.6% -> 63.4%.
 """
 
 from __future__ import annotations
