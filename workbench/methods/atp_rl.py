@@ -21,6 +21,11 @@ Deliberate deviations:
 * ATP's old policy is the rollout policy of the current batch; here it is an explicit cache,
   so ``num_iterations > 1`` really clips (ATP: 8 minibatches per rollout batch);
 * ``learning_rate`` 1e-5 (ATP: 1e-6 on a 1B model), ``max_completion_length`` 16 as ATP.
+
+Measured (arithmetic, from the shipped ``atp`` model, 16 questions x 8 rollouts, lr 1e-5,
+temperature 0.7, 300 steps, 500 held-out problems, ``benchmarks/rl.py``): greedy 74.8% -> 76.0%,
+sampled 73.8% -> 75.8%, latents used 3.03 -> 3.03, coherence 0.506 -> 0.521; at lr 3e-5 for 400
+steps of 8 questions the greedy accuracy fell to 72.6%.
 """
 
 from __future__ import annotations
