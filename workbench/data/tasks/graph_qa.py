@@ -33,6 +33,7 @@ from itertools import pairwise, product
 
 from workbench.config import ConfigError
 from workbench.data.schema import Example
+from workbench.data.tokenizer import EOT
 
 NAME = "graph"
 TOKENIZER_KIND = "word"
@@ -280,16 +281,17 @@ def step_fact_rate(question: str, reasoning: str) -> float | None:
 
 
 def mean_step_fact_rate(questions, generated) -> float | None:
-    """Mean :func:`step_fact_rate` over generated texts that write a rationale before ``<eot>``.
+    """Mean :func:`step_fact_rate` over generated texts that write a rationale before ``EOT``.
 
     Special tokens (``<bot>``, latent markers) are dropped; texts without ``<eot>`` (no-CoT) or
     with nothing but special tokens before it (latent methods) are skipped; ``None`` if all are.
     """
     rates = []
     for question, text in zip(questions, generated, strict=True):
-        if "<eot>" not in text:
+        rationale, eot, _ = text.partition(EOT)
+        if not eot:
             continue
-        words = [w for w in text.split("<eot>")[0].split() if not w.startswith("<")]
+        words = [w for w in rationale.split() if not w.startswith("<")]
         rate = step_fact_rate(question, " ".join(words))
         if rate is not None:
             rates.append(rate)
