@@ -5,7 +5,10 @@ starting point from a ``compare_methods.py --out`` folder (``<models>/<task>/<ro
 for ATP-RL, ``cot`` for LEPO and LaTRO), scores it on held-out problems, trains the RL method
 for ``--steps`` steps of ``--questions`` x ``--generations`` sampled trajectories and scores it
 again; the table has accuracy before / after, latents used, reward at the first and last steps,
-trajectories sampled and minutes.
+trajectories sampled and minutes. ``--eval-seeds K`` scores each model under K sampling seeds and
+reports the mean and spread (LEPO evaluates with sampled Gumbel soft tokens: +/-0.4 points on 500
+problems). ``--seed`` also picks the held-out set, so compare runs under one seed. Training prints
+a progress line every ``--print-every`` steps.
 
 Throughput: ``N`` rollouts of the shipped arithmetic CoT model sampled in one batched KV-cached
 engine run against a loop calling ``model.generate(do_sample=True)`` once per trajectory, same
@@ -41,6 +44,7 @@ from workbench.experiment import TrainedModel, prepare_data, shipped_path, train
 from workbench.methods import get_method, method_names
 from workbench.recipes import RECIPES
 from workbench.rl import token_policy
+from workbench.train.trainer import TrainerCallback
 
 START_ROW = {"atp_rl": "atp", "lepo": "cot", "latro": "cot"}
 """The SFT model each RL method starts from (a recipe row)."""
@@ -82,6 +86,32 @@ def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int 
     }
 
 
+class ProgressPrinter(TrainerCallback):
+    """One line every ``every`` RL steps: step, reward, loss, minutes (long runs are not silent)."""
+
+    def __init__(self, name: str, every: int, total: int):
+        self.name, self.every, self.total = name, every, total
+        self.t0 = time.perf_counter()
+
+    def on_log(self, trainer, logs: dict) -> None:
+        step = int(logs.get("step", 0))
+        if self.every and (step % self.every == 0 or step == self.total):
+            parts = " ".join(f"{k}={logs[k]:.4g}" for k in ("reward", "loss") if k in logs)
+            minutes = (time.perf_counter() - self.t0) / 60
+            print(f"[rl] {self.name} step {step}/{self.total} {parts} ({minutes:.1f} min)",
+                  flush=True)  # fmt: skip
+
+
+def seeded_accuracy(tm: TrainedModel, examples: list, seeds: list[int], spec=None) -> tuple:
+    """Mean and population std of held-out accuracy over sampling ``seeds``, and the summary
+    of the first seed's run (for the latent and token counts)."""
+    kwargs = {} if spec is None else {"spec": spec}
+    runs = [tm.evaluate(examples, seed=s, **kwargs).summary for s in seeds]
+    accs = torch.tensor([r["accuracy"] for r in runs], dtype=torch.float64)
+    std = float(accs.std(unbiased=False)) if len(seeds) > 1 else 0.0
+    return float(accs.mean()), std, runs[0]
+
+
 def run_method(name: str, models: Path, task: str, args) -> dict:
     record = get_method(name)
     recipe = RECIPES[task]
@@ -96,8 +126,9 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
         **recipe.difficulty,
     )
     held_out = data.test
-    before = start.evaluate(held_out).summary
-    sampled_before = sampled_accuracy(start, held_out, args.seed)
+    seeds = [args.seed + i for i in range(args.eval_seeds)]
+    acc_before, std_before, before = seeded_accuracy(start, held_out, seeds)
+    sampled_before = sampled_accuracy(start, held_out, seeds)
     cfg = record.config_cls(
         num_generations=args.generations,
         per_device_train_batch_size=args.questions,
@@ -108,18 +139,22 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
         seed=args.seed,
     )
     t0 = time.perf_counter()
-    tm = train(name, data, start, config=cfg, seed=args.seed)
+    progress = ProgressPrinter(name, args.print_every, args.steps)
+    tm = train(name, data, start, config=cfg, seed=args.seed, callbacks=[progress])
     minutes = (time.perf_counter() - t0) / 60
-    after = tm.evaluate(held_out).summary
+    acc_after, std_after, after = seeded_accuracy(tm, held_out, seeds)
     h = tm.history
     if args.out:
         tm.save(Path(args.out) / task / name)
     window = max(1, min(10, len(h) // 4))  # first and last quarter, at most 10 steps each
     row = {
         "start": start_row,
-        "accuracy_before": before["accuracy"],
-        "accuracy_after": after["accuracy"],
-        "gain": after["accuracy"] - before["accuracy"],
+        "accuracy_before": acc_before,
+        "accuracy_after": acc_after,
+        "gain": acc_after - acc_before,
+        "accuracy_before_std": std_before,
+        "accuracy_after_std": std_after,
+        "eval_seeds": len(seeds),
         "latents_before": before["latent_steps"],
         "latents_after": after["latent_steps"],
         "reward_first": float(h["reward"].iloc[:window].mean()),
@@ -136,19 +171,19 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
             row[f"{part}_last"] = float(h[col].iloc[-window:].mean())
     if sampled_before is not None:
         row["accuracy_sampled_before"] = sampled_before
-        row["accuracy_sampled_after"] = sampled_accuracy(tm, held_out, args.seed)
+        row["accuracy_sampled_after"] = sampled_accuracy(tm, held_out, seeds)
     return row
 
 
-def sampled_accuracy(tm: TrainedModel, examples: list, seed: int) -> float | None:
-    """ATP's own evaluation mode (latents sampled, RESEARCH Part B 1 pitfall 3); None for a
-    model without Gaussian latents."""
+def sampled_accuracy(tm: TrainedModel, examples: list, seeds: list[int]) -> float | None:
+    """ATP's own evaluation mode (latents sampled, RESEARCH Part B 1 pitfall 3), the mean over
+    ``seeds``; None for a model without Gaussian latents."""
     from workbench.engine.feedback import GaussianFeedback
     from workbench.methods.atp import sampled_spec
 
     if tm.spec is None or not isinstance(tm.spec.feedback, GaussianFeedback):
         return None
-    return float(tm.evaluate(examples, spec=sampled_spec(tm.spec), seed=seed).summary["accuracy"])
+    return seeded_accuracy(tm, examples, seeds, spec=sampled_spec(tm.spec))[0]
 
 
 def _cell(v) -> str:
@@ -169,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-iterations", type=int, default=1, help="passes over each rollout batch")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--test-size", type=int, default=500)
+    p.add_argument(
+        "--eval-seeds",
+        type=int,
+        default=1,
+        help="score each model under this many sampling seeds (mean and std)",
+    )
+    p.add_argument("--print-every", type=int, default=10, help="progress line every N steps "
+                   "(0: silent)")  # fmt: skip
     p.add_argument("--rollouts", type=int, default=256, help="trajectories in the throughput run")
     p.add_argument("--tokens", type=int, default=32, help="tokens per trajectory there")
     p.add_argument("--throughput-only", action="store_true")
@@ -179,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", default="", help="method=row,... : start rows other than "
                    f"{START_ROW} (e.g. atp_rl=atp_long)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.eval_seeds < 1:
+        p.error(f"--eval-seeds must be >= 1, got {args.eval_seeds}")
     pairs = [kv.split("=", 1) for kv in args.start.split(",") if kv.strip()]
     bad = [kv for kv in pairs if len(kv) != 2 or kv[0] not in START_ROW]
     if bad:
@@ -219,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_before",
             "accuracy_after",
             "gain",
+            "accuracy_after_std",
             "latents_before",
             "latents_after",
             "reward_first",
