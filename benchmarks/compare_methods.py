@@ -16,16 +16,20 @@ Usage::
     python benchmarks/compare_methods.py --task arithmetic [--scale 1.0] [--out runs/compare]
         [--methods cot,nocot,coconut_sup] [--test-size 500] [--threads 2]
 
-``--scale`` multiplies every step budget and training time (0.25 for a quick look; a GPU run can
-use 4+); ``--mixed-precision bf16`` trains under accelerate's bf16 autocast (for a GPU). Every
-model is saved under ``<out>/<task>/<method>`` and loaded instead of retrained on a rerun, so a
-killed benchmark continues where it stopped. The last line is one JSON object
+``--difficulty knob=value,...`` overrides knobs of the recipe's task difficulty and
+``--train-size`` its number of training problems (use a fresh ``--out`` with them: saved models
+are loaded by row name). ``--scale`` multiplies every step budget and training time (0.25 for a
+quick look; a GPU run can use 4+); ``--mixed-precision bf16`` trains under accelerate's bf16
+autocast (for a GPU). Every model is saved under ``<out>/<task>/<method>`` and loaded instead of
+retrained on a rerun, so a killed benchmark continues where it stopped. The last line is one
+JSON object
 ``{"task", "device", "methods": {name: {"accuracy", "reasoning_positions", "usage_drop", ...}}}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import sys
@@ -59,6 +63,22 @@ def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:
     return float(tm.evaluate(examples).summary["accuracy"])
 
 
+def parse_knobs(text: str) -> dict:
+    """``"a=1,b=0.5"`` -> ``{"a": 1, "b": 0.5}`` (values as Python literals)."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise argparse.ArgumentTypeError(f"{part!r}: expected knob=value, e.g. n_concepts=8")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: the value must be a number or a quoted string"
+            ) from None
+    return out
+
+
 def _json_safe(v):
     """NaN and inf as ``null``: the last line must be strict JSON."""
     if isinstance(v, dict):
@@ -84,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--usage-size", type=int, default=200, help="examples for the ablations")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--difficulty",
+        default="",
+        type=parse_knobs,
+        help="knob=value,... over the recipe's difficulty, e.g. "
+        "edges_per_concept=1.0 (an unknown knob is an error naming the known)",
+    )
+    p.add_argument("--train-size", type=int, help="training problems (default: the recipe's)")
     p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
                    help="the trainers' autocast (accelerate); bf16 is for a GPU run")  # fmt: skip
     args = p.parse_args(argv)
@@ -97,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--methods {unknown}: the {args.task} recipe has {list(recipe.entries)}")
         rows = with_start_rows(recipe, rows)  # every latent method starts from CoT or a row
-    data = prepare_data(args.task, train_size=recipe.train_size, test_size=args.test_size,
-                        seed=args.seed, **recipe.difficulty)  # fmt: skip
+    difficulty = {**recipe.difficulty, **args.difficulty}
+    data = prepare_data(args.task, train_size=args.train_size or recipe.train_size,
+                        test_size=args.test_size, seed=args.seed, **difficulty)  # fmt: skip
     root = Path(args.out) / args.task
     results: dict[str, dict] = {}
     trained: dict = {}
@@ -155,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in results.items():
         print(name.ljust(14) + "".join(_cell(row.get(c)).rjust(14) for c in cols))
     summary = {"task": args.task, "device": device, "scale": args.scale,
+               "difficulty": difficulty, "train_size": len(data.train),
                "mixed_precision": args.mixed_precision,
                "test_size": len(data.test), "methods": results}  # fmt: skip
     print(json.dumps(_json_safe(summary), default=lambda v: None))
