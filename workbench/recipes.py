@@ -163,6 +163,7 @@ RECIPES: dict[str, TaskRecipe] = {
     "graph": TaskRecipe(
         # 8 concepts, 12 facts, 2-3 steps, two people (one owns the distractor chain): at the
         # generator's default (20 concepts, 3-6 steps) a d=128 CoT model reached 0% in 10 min
+        # (and here 54.0%, near chance; neither a Llama body nor n_names=48 lifted it, README)
         difficulty={
             "n_concepts": 8,
             "min_depth": 2,
