@@ -13,6 +13,11 @@ and, as its last line, one JSON object with the numbers.
     python benchmarks/recursive.py --size 9 --seconds 1200    # 9x9 easy
     python benchmarks/recursive.py --size 9 --seconds 30 --batch-size 1024 --device cuda
 
+``--save-dir DIR`` keeps each arm's evaluated weights in ``DIR/<arm>``; ``--load-dir DIR``
+evaluates them again (same data flags) without training. Each arm's per-step table has the
+advantage margin at w = 1 (``advantage_margin``, "dead compute" when <= 0), at w = 0
+(``margin_w0``) and the cross-entropy the step removed (``loss_drop``); a guidance sweep follows.
+
 Deviation from RESEARCH 4.3 (CPU minutes instead of hours): lr 1e-3 (not 1e-4), weight decay
 0.1 (not 1.0) and EMA 0.99 (not 0.999) by default, since an arm gets only a few hundred to a
 few thousand optimizer steps; hidden 64 for 4x4.
@@ -44,6 +49,13 @@ def main(argv=None) -> dict:
     p.add_argument("--ema-decay", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument(
+        "--load-dir",
+        help="evaluate the arms saved in LOAD_DIR/<arm> by --save-dir instead of training them",
+    )
+    p.add_argument(
+        "--save-dir", help="save each arm's evaluated (EMA) weights to SAVE_DIR/<arm> (safetensors)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -51,9 +63,10 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     from workbench.data.tasks import sudoku
-    from workbench.recursive import RecursiveTrainer, TrainConfig, preset
+    from workbench.recursive import RecursiveTrainer, TrainConfig, load_model, preset
     from workbench.recursive import diagnostics as diag
 
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     hidden = args.hidden or (64 if args.size == 4 else 128)
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
@@ -77,26 +90,36 @@ def main(argv=None) -> dict:
     rows = []
     for arm in args.arms.split(","):
         mcfg = preset(arm, size=args.size, hidden=hidden, layers=args.layers)
-        tcfg = TrainConfig(
-            steps=10**9,
-            max_seconds=args.seconds,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            ema_decay=args.ema_decay,
-            log_every=50,
-            seed=args.seed,
-            device=args.device,
-        )
-        trainer = RecursiveTrainer(mcfg, tcfg, train)
-        trainer.fit()
-        model = trainer.eval_model
+        if args.load_dir:
+            model = load_model(os.path.join(args.load_dir, arm), config=mcfg).to(device).eval()
+            trained = {"train_steps": None, "seconds": None}
+        else:
+            tcfg = TrainConfig(
+                steps=10**9,
+                max_seconds=args.seconds,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                weight_decay=args.weight_decay,
+                ema_decay=args.ema_decay,
+                log_every=50,
+                seed=args.seed,
+                device=args.device,
+            )
+            trainer = RecursiveTrainer(mcfg, tcfg, train)
+            trainer.fit()
+            model = trainer.eval_model
+            if args.save_dir:
+                trainer.save(os.path.join(args.save_dir, arm))
+            trained = {"train_steps": trainer.global_step, "seconds": round(trainer.seconds, 1)}
         steps = diag.per_step(model, puzzles, solutions)
         table = diag.step_summary(steps)
         nfp = diag.nfp_per_example(steps)
+        sweep = diag.guidance_sweep(model, puzzles, solutions)
         last = table.iloc[-1]
         print(f"\n[{arm}] T={mcfg.T} n={mcfg.n} N_sup={mcfg.n_sup} halting={mcfg.halting}")
         print(table.round(4).to_string(index=False))
+        print("guidance sweep at the last step (w = 1 is the model itself):")
+        print(sweep.round(4).to_string(index=False))
         rows.append(
             {
                 "arm": arm,
@@ -104,10 +127,11 @@ def main(argv=None) -> dict:
                 "cell_acc": round(float(last["cell_acc"]), 4),
                 "nfp": int(last["nfp"]),
                 "nfp_halt": round(float(nfp["nfp_halt"].mean()), 2),
-                "train_steps": trainer.global_step,
-                "seconds": round(trainer.seconds, 1),
+                **trained,
                 "params": sum(q.numel() for q in model.parameters()),
                 "dead_steps": int(table["dead_compute"].sum()),
+                "dead_steps_w0": int((table["margin_w0"].iloc[1:] <= 0).sum()),
+                "best_w": float(diag.best_guidance(sweep)["w"]),
             }
         )
 
@@ -122,7 +146,7 @@ def main(argv=None) -> dict:
         "difficulty": args.difficulty,
         "seconds_per_arm": args.seconds,
         "threads": args.threads,
-        "device": str(trainer.device),
+        "device": str(device),
         "hidden": hidden,
         "layers": args.layers,
         "train_size": len(train),

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from workbench.config import ConfigError
@@ -265,6 +266,23 @@ def test_advantage_margin_sign():
     assert flat.item() == pytest.approx(0.0)
 
 
+def test_margin_brackets_the_loss_drop():
+    # L(w) = CE(prev + w * delta) is convex in w and margin(w) = -L'(w), so the CE a step removes
+    # lies between its margin at w = 1 and at w = 0; a wrong sign or policy would break this.
+    g = torch.Generator().manual_seed(0)
+    prev, cur = 3 * torch.randn(2, 500, 10, generator=g)
+    target = torch.randint(0, 10, (500,), generator=g)
+    m1 = diag.advantage_margin(prev, cur, target)
+    m0 = diag.advantage_margin(prev, cur, target, w=0.0)
+    drop = diag.loss_drop(prev, cur, target)
+    ce = F.cross_entropy(prev, target, reduction="none") - F.cross_entropy(
+        cur, target, reduction="none"
+    )
+    assert torch.allclose(drop, ce, atol=1e-5)
+    assert (m1 <= drop + 1e-5).all() and (drop <= m0 + 1e-5).all()
+    assert (m0 - m1).min() >= -1e-5 and (m0 - m1).max() > 0.1
+
+
 def test_diagnostics_tables_and_figures(puzzles4):
     p, s = _tensors(puzzles4)
     model = RecursiveReasoner(preset("trm", size=4, **{**TINY, "n_sup": 3}))
@@ -276,6 +294,9 @@ def test_diagnostics_tables_and_figures(puzzles4):
     assert list(summ["nfp"]) == [0, 8, 16, 24]
     assert summ["cell_gain"].iloc[1] == pytest.approx(summ["cell_acc"][1] - summ["cell_acc"][0])
     assert summ["dead_compute"].dtype == bool
+    later = summ.iloc[1:]
+    assert (later["advantage_margin"] <= later["loss_drop"] + 1e-5).all()
+    assert (later["loss_drop"] <= later["margin_w0"] + 1e-5).all()
     nfp = diag.nfp_per_example(steps)
     assert (nfp["halt_step"] == 1).all() and (nfp["nfp_halt"] == 8).all()
     assert (nfp["nfp_full"] == 24).all()

@@ -8,8 +8,14 @@ accuracy, the accuracy gain over step s-1, and the advantage margin of the step'
     margin_s = Δℓ[y*] - E_{a ~ softmax(ℓ_c)} Δℓ[a]        (mean over blank cells; w = 1)
 
 A non-positive margin means the step did not push the correct digit up more than the policy's
-average: "dead compute". It also counts forward passes of the net (NFP) per example, with and
-without the Q-head's halting, and sweeps the guidance weight w of ℓ_u + w Δℓ at the last step.
+average: "dead compute". The margin is a slope: with L(w) the CE of ℓ_u + w Δℓ against y*,
+margin(w) = -dL/dw, and L is convex in w, so ``margin(1) <= L(0) - L(1) <= margin(0)`` (cell by
+cell and on the mean). :func:`per_step` therefore also reports ``margin_w0`` (the slope at the
+reference policy π_u) and ``loss_drop`` = L(0) - L(1), the CE the step actually removed. A step
+with margin(1) < 0 < loss_drop did help: it overshoots, and the loss-optimal guidance is below 1
+(the w-sweep shows it); only margin_w0 <= 0 means that no w > 0 of the residual helps.
+It also counts forward passes of the net (NFP) per example, with and without the Q-head's
+halting, and sweeps the guidance weight w of ℓ_u + w Δℓ at the last step.
 Deviation from RESEARCH 4.3: the readouts are per supervision step (ℓ_u is the previous step's
 ℓ_c), not per inner recursion. Everything returns a DataFrame or a plotly figure;
 :func:`grid_figure` draws one puzzle's prediction and confidence (the scrubber's picture,
@@ -32,11 +38,26 @@ def _batches(puzzles: torch.Tensor, batch_size: int):
         yield i, puzzles[i : i + batch_size]
 
 
-def advantage_margin(prev: torch.Tensor, cur: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Δℓ[y*] - E_{softmax(cur)}[Δℓ] per cell: ``prev``/``cur`` [..., vocab], ``target`` [...]."""
+def advantage_margin(
+    prev: torch.Tensor, cur: torch.Tensor, target: torch.Tensor, w: float = 1.0
+) -> torch.Tensor:
+    """Δℓ[y*] - E_{π_w}[Δℓ] per cell, π_w = softmax(prev + w Δℓ): ``prev``/``cur`` [..., vocab],
+    ``target`` [...]. The default w = 1 takes the expectation under the model's own policy."""
     delta = cur - prev
-    expected = (cur.softmax(-1) * delta).sum(-1)
+    expected = ((prev + w * delta).softmax(-1) * delta).sum(-1)
     return delta.gather(-1, target[..., None]).squeeze(-1) - expected
+
+
+def loss_drop(prev: torch.Tensor, cur: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CE(prev, y*) - CE(cur, y*) per cell: how much cross-entropy the step removed."""
+    t = target[..., None]
+    return (cur.log_softmax(-1).gather(-1, t) - prev.log_softmax(-1).gather(-1, t)).squeeze(-1)
+
+
+def _blank_mean(per_cell: torch.Tensor, blank: torch.Tensor, n_blank: torch.Tensor) -> torch.Tensor:
+    """[K, B, cells] -> [K+1, B]: the mean over blank cells, NaN for step 0."""
+    nan = torch.full((1, per_cell.shape[1]), float("nan"))
+    return torch.cat([nan, (per_cell * blank).sum(-1) / n_blank])
 
 
 def per_step(
@@ -47,8 +68,9 @@ def per_step(
 ) -> pd.DataFrame:
     """One row per (example, step), step 0 being the initial carry's readout.
 
-    Columns: example, step, cell_acc (blank cells), exact, margin (mean over blank cells;
-    NaN at step 0), q_halt (NaN without a Q-head or at step 0), nfp (cumulative net calls).
+    Columns: example, step, cell_acc (blank cells), exact, margin (w = 1), margin_w0 and
+    loss_drop (each the mean over blank cells; NaN at step 0), q_halt (NaN without a Q-head or
+    at step 0), nfp (cumulative net calls).
     """
     frames = []
     nfp = model.cfg.nfp_per_step
@@ -62,9 +84,14 @@ def per_step(
         cell_acc = (right * blank).sum(-1) / n_blank
         exact = right.bool().all(-1)
         target = sol.expand(len(roll.logits) - 1, -1, -1)
-        margin = advantage_margin(roll.logits[:-1], roll.logits[1:], target)
-        margin = torch.cat(
-            [torch.full((1, len(batch)), float("nan")), (margin * blank).sum(-1) / n_blank]
+        prev, cur = roll.logits[:-1], roll.logits[1:]
+        margin, margin_w0, drop = (
+            _blank_mean(per_cell, blank, n_blank)
+            for per_cell in (
+                advantage_margin(prev, cur, target),
+                advantage_margin(prev, cur, target, w=0.0),
+                loss_drop(prev, cur, target),
+            )
         )
         q = torch.full_like(cell_acc, float("nan"))
         if roll.q_halt is not None:
@@ -78,6 +105,8 @@ def per_step(
                     "cell_acc": cell_acc.flatten(),
                     "exact": exact.flatten(),
                     "margin": margin.flatten(),
+                    "margin_w0": margin_w0.flatten(),
+                    "loss_drop": drop.flatten(),
                     "q_halt": q.flatten(),
                     "nfp": (steps * nfp).flatten(),
                 }
@@ -88,7 +117,8 @@ def per_step(
 
 def step_summary(steps: pd.DataFrame) -> pd.DataFrame:
     """Per step: cell_acc, exact_acc, their gains over the previous step, advantage_margin,
-    dead_compute (margin <= 0) and nfp."""
+    dead_compute (margin <= 0) and nfp; also margin_w0 and loss_drop when ``steps`` has them."""
+    extra = {c: (c, "mean") for c in ("margin_w0", "loss_drop") if c in steps}
     out = (
         steps.groupby("step")
         .agg(
@@ -96,6 +126,7 @@ def step_summary(steps: pd.DataFrame) -> pd.DataFrame:
             exact_acc=("exact", "mean"),
             advantage_margin=("margin", "mean"),
             nfp=("nfp", "first"),
+            **extra,
         )
         .reset_index()
     )
@@ -104,7 +135,7 @@ def step_summary(steps: pd.DataFrame) -> pd.DataFrame:
     out["dead_compute"] = out["advantage_margin"] <= 0
     out.loc[out["step"] == 0, "dead_compute"] = False
     cols = ["step", "nfp", "cell_acc", "exact_acc", "cell_gain", "exact_gain"]
-    return out[cols + ["advantage_margin", "dead_compute"]]
+    return out[cols + ["advantage_margin", "dead_compute", *extra]]
 
 
 def nfp_per_example(steps: pd.DataFrame) -> pd.DataFrame:
