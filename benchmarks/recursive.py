@@ -13,6 +13,7 @@ and, as its last line, one JSON object with the numbers.
     python benchmarks/recursive.py --size 9 --seconds 1200    # 9x9 easy
     python benchmarks/recursive.py --size 9 --seconds 30 --batch-size 1024 --device cuda
 
+An arm may override its preset, e.g. ``--arms trm,dis,dis:n_sup=2:n=1`` (DIS at 4 NFP).
 ``--save-dir DIR`` keeps each arm's evaluated weights in ``DIR/<arm>``; ``--load-dir DIR``
 evaluates them again (same data flags) without training. Each arm's per-step table has the
 advantage margin at w = 1 (``advantage_margin``, "dead compute" when <= 0), at w = 0
@@ -26,10 +27,41 @@ few thousand optimizer steps; hidden 64 for 4x4.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import os
 import random
 import time
+
+
+def parse_arms(text: str) -> list[tuple[str, dict]]:
+    """``"single,dis:n=1"`` -> ``[("single", {}), ("dis:n=1", {"n": 1})]``.
+
+    Values are Python literals; ``main`` checks the field names, :class:`RecursiveConfig` the
+    values, before any puzzle is generated.
+    """
+    arms = []
+    for spec in text.split(","):
+        _, *pairs = spec.strip().split(":")
+        overrides = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise argparse.ArgumentTypeError(f"arm {spec!r}: expected preset:field=value")
+            try:
+                overrides[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                raise argparse.ArgumentTypeError(
+                    f"arm {spec!r}: {key}={value!r} is not a Python literal"
+                ) from None
+        arms.append((spec.strip(), overrides))
+    return arms
+
+
+def folder(arm: str) -> str:
+    """The --save-dir / --load-dir subfolder of an arm spec (``dis:n=1`` -> ``dis_n=1``)."""
+    return arm.replace(":", "_")
 
 
 def main(argv=None) -> dict:
@@ -38,7 +70,13 @@ def main(argv=None) -> dict:
     p.add_argument("--difficulty", default="easy", choices=("easy", "hard"))
     p.add_argument("--seconds", type=float, default=120.0, help="training wall time per arm")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--arms", default="single,trm,dis")
+    p.add_argument(
+        "--arms",
+        type=parse_arms,
+        default="single,trm,dis",
+        help="comma-separated arms, each a preset with optional RecursiveConfig overrides: "
+        "single,trm,dis:n_sup=2:n=1",
+    )
     p.add_argument("--train-size", type=int, default=1000)
     p.add_argument("--test-size", type=int, default=500)
     p.add_argument("--hidden", type=int, help="model width (default: 64 for 4x4, 128 for 9x9)")
@@ -63,11 +101,27 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     from workbench.data.tasks import sudoku
-    from workbench.recursive import RecursiveTrainer, TrainConfig, load_model, preset
+    from workbench.recursive import (
+        RecursiveConfig,
+        RecursiveTrainer,
+        TrainConfig,
+        load_model,
+        preset,
+    )
     from workbench.recursive import diagnostics as diag
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fields = {f.name for f in dataclasses.fields(RecursiveConfig)} - {"size", "hidden", "layers"}
+    for arm, overrides in args.arms:
+        if unknown := sorted(set(overrides) - fields):
+            p.error(
+                f"--arms {arm}: unknown field(s) {unknown}; RecursiveConfig has {sorted(fields)}"
+            )
     hidden = args.hidden or (64 if args.size == 4 else 128)
+    configs = [
+        (arm, preset(arm.split(":")[0], size=args.size, hidden=hidden, layers=args.layers, **kw))
+        for arm, kw in args.arms
+    ]
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
     train = sudoku.generate(args.train_size, rng, size=args.size, difficulty=args.difficulty)
@@ -88,10 +142,11 @@ def main(argv=None) -> dict:
     )
 
     rows = []
-    for arm in args.arms.split(","):
-        mcfg = preset(arm, size=args.size, hidden=hidden, layers=args.layers)
+    for arm, mcfg in configs:
         if args.load_dir:
-            model = load_model(os.path.join(args.load_dir, arm), config=mcfg).to(device).eval()
+            model = (
+                load_model(os.path.join(args.load_dir, folder(arm)), config=mcfg).to(device).eval()
+            )
             trained = {"train_steps": None, "seconds": None}
         else:
             tcfg = TrainConfig(
@@ -109,7 +164,7 @@ def main(argv=None) -> dict:
             trainer.fit()
             model = trainer.eval_model
             if args.save_dir:
-                trainer.save(os.path.join(args.save_dir, arm))
+                trainer.save(os.path.join(args.save_dir, folder(arm)))
             trained = {"train_steps": trainer.global_step, "seconds": round(trainer.seconds, 1)}
         steps = diag.per_step(model, puzzles, solutions)
         table = diag.step_summary(steps)
