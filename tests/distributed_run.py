@@ -166,7 +166,9 @@ def main(argv=None) -> int:
         from workbench.io import atomic_write_json
 
         atomic_write_json(args.report, {"processes": reports})
-    state.wait_for_everyone()
+    from workbench.train import end_distributed
+
+    end_distributed()
     return 0
 
 

@@ -102,3 +102,22 @@ def test_cli_train_under_accelerate_launch_saves_once(tmp_path):
 
     tm = TrainedModel.load(out)
     assert tm.meta["train_steps"] == 4
+
+
+def test_end_distributed_leaves_the_process_group(tmp_path):
+    """``end_distributed`` destroys the group (a no-op when there is none), so no gloo thread
+    is left for interpreter shutdown to tear down (the SIGABRT of a finished launch)."""
+    import torch.distributed as dist
+
+    from workbench.train import end_distributed
+
+    end_distributed()  # no group: nothing to do, no error
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        end_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -342,13 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0")
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except user_errors() as err:
         if debug:
             raise
         message = " ".join(str(err).split("\n"))
         print(f"workbench {args.command}: error: {message}", file=sys.stderr)
         return 2
+    if "torch" in sys.modules:  # only a command that imported torch can hold a process group
+        from workbench.train import end_distributed
+
+        end_distributed()
+    return code
 
 
 if __name__ == "__main__":

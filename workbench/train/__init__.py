@@ -11,6 +11,7 @@ from workbench.train.trainer import (
     NonFiniteLossError,
     Trainer,
     TrainerCallback,
+    end_distributed,
     set_seed,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainerCallback",
+    "end_distributed",
     "latest_checkpoint",
     "set_seed",
 ]

@@ -197,6 +197,22 @@ class _EpochSampler(Sampler[int]):
         return self.n
 
 
+def end_distributed() -> None:
+    """Leave the process group of an ``accelerate launch`` run cleanly (no-op otherwise).
+
+    Every process waits for the others, then destroys the group before the interpreter exits.
+    Left to interpreter shutdown, gloo's worker threads can be torn down while still joinable,
+    and a process then dies with SIGABRT ("terminate called without an active exception")
+    after its work is done: the launch fails although training succeeded (seen once in CI in
+    ``tests/test_distributed.py``; the mechanism is described in pytorch/pytorch#179291).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _has_accelerator() -> bool:
     """A CUDA (or other torch accelerator) device is present."""
     probe = getattr(torch, "accelerator", None)
