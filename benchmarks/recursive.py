@@ -9,11 +9,12 @@ gain, advantage margin, dead compute), then one summary table (exact accuracy, c
 on the blanks, NFP per example with all steps and with Q-head halting, train steps, seconds)
 and, as its last line, one JSON object with the numbers.
 
-    python benchmarks/recursive.py --seconds 120              # 4x4, about 6 minutes
+    python benchmarks/recursive.py --seconds 120              # 4x4, about 8 minutes
     python benchmarks/recursive.py --size 9 --seconds 1200    # 9x9 easy
     python benchmarks/recursive.py --size 9 --seconds 30 --batch-size 1024 --device cuda
 
-An arm may override its preset, e.g. ``--arms trm,dis,dis:n_sup=2:n=1`` (DIS at 4 NFP).
+An arm may override its preset, e.g. ``--arms trm,dis,dis:n_sup=2:n=1`` (DIS at 4 NFP); the
+default arms add ``dis:n_sup=3:n=1`` (DIS at 6 NFP, under 1/10 of TRM's 64) to the three presets.
 ``--save-dir DIR`` keeps each arm's evaluated weights in ``DIR/<arm>``; ``--load-dir DIR``
 evaluates them again (same data flags) without training. Each arm's per-step table has the
 advantage margin at w = 1 (``advantage_margin``, "dead compute" when <= 0), at w = 0
@@ -73,9 +74,9 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--arms",
         type=parse_arms,
-        default="single,trm,dis",
-        help="comma-separated arms, each a preset with optional RecursiveConfig overrides: "
-        "single,trm,dis:n_sup=2:n=1",
+        default="single,trm,dis,dis:n_sup=3:n=1",
+        help="comma-separated arms, each a preset with optional RecursiveConfig overrides "
+        "(default: the three presets and DIS at 6 NFP, under 1/10 of TRM's 64)",
     )
     p.add_argument("--train-size", type=int, default=1000)
     p.add_argument("--test-size", type=int, default=500)
