@@ -27,6 +27,9 @@ reference recomputes about ``position_ratio`` times more positions than the cach
 and batching multiplies that by the matmul efficiency of a larger batch (3-4x on 2 cores). A fused
 tanh-GELU (the same function within 3e-7) cut GELU to 6% of the profile but did not change the
 measured time (42.5x vs 42.3x at batch 256), so it was not kept.
+Under ``--precision bf16`` on a CPU with AMX units (stop 24): 46.0x at batch 256 against 32.7x in
+fp32 on the same host; the profile then has matmuls 24%, SDPA 22%, GELU 24%, cache concatenation
+7%. The one-op GELU again did not move the ratio (43.3x): it speeds the reference as well.
 """
 
 from __future__ import annotations
