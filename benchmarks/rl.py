@@ -8,7 +8,9 @@ again; the table has accuracy before / after, latents used, reward at the first 
 trajectories sampled and minutes. ``--eval-seeds K`` scores each model under K sampling seeds and
 reports the mean and spread (LEPO evaluates with sampled Gumbel soft tokens: +/-0.4 points on 500
 problems). ``--seed`` also picks the held-out set, so compare runs under one seed. Training prints
-a progress line every ``--print-every`` steps.
+a progress line every ``--print-every`` steps. ``--config field=value,...`` sets any other field
+of the methods' RL configs (e.g. ``beta=0.04`` or ``gaussian_reduction=sum``); a field that a
+method's config lacks, or that has its own flag, is refused before anything is loaded.
 
 Throughput: ``N`` rollouts of the shipped arithmetic CoT model sampled in one batched KV-cached
 engine run against a loop calling ``model.generate(do_sample=True)`` once per trajectory, same
@@ -25,6 +27,8 @@ The last line is one JSON object ``{"throughput": {...}, "methods": {...}}``.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import math
 import sys
@@ -48,6 +52,51 @@ from workbench.train.trainer import TrainerCallback
 
 START_ROW = {"atp_rl": "atp", "lepo": "cot", "latro": "cot"}
 """The SFT model each RL method starts from (a recipe row)."""
+
+FLAG_FIELDS = {
+    "num_generations": "--generations",
+    "per_device_train_batch_size": "--questions",
+    "max_steps": "--steps",
+    "learning_rate": "--lr",
+    "num_iterations": "--num-iterations",
+    "temperature": "--temperature",
+    "seed": "--seed",
+}
+"""Config fields that ``run_method`` sets from a flag of their own (``--config`` may not)."""
+
+
+def parse_overrides(text: str) -> dict:
+    """``"beta=0.04,gaussian_reduction=sum"`` -> ``{"beta": 0.04, "gaussian_reduction": "sum"}``:
+    values are Python literals, a bare word is a string."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected field=value, e.g. beta=0.04")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            if not value.isidentifier():
+                raise argparse.ArgumentTypeError(
+                    f"{part!r}: the value must be a Python literal or a bare word"
+                ) from None
+            out[key] = value
+    return out
+
+
+def check_overrides(overrides: dict, methods: list[str]) -> None:
+    """Refuse a ``--config`` field a method's config lacks, or one with its own flag."""
+    for key in overrides:
+        if key in FLAG_FIELDS:
+            raise SystemExit(f"--config {key}=...: use {FLAG_FIELDS[key]} for {key}")
+    for name in methods:
+        known = {f.name for f in dataclasses.fields(get_method(name).config_cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise SystemExit(
+                f"--config {unknown}: not fields of {name}'s config; it has {sorted(known)}"
+            )
 
 
 def throughput(tm: TrainedModel, examples: list, n: int, tokens: int, seed: int = 0) -> dict:
@@ -137,6 +186,7 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
         num_iterations=args.num_iterations,
         temperature=args.temperature,
         seed=args.seed,
+        **args.config,
     )
     t0 = time.perf_counter()
     progress = ProgressPrinter(name, args.print_every, args.steps)
@@ -149,6 +199,7 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
     window = max(1, min(10, len(h) // 4))  # first and last quarter, at most 10 steps each
     row = {
         "start": start_row,
+        "config": dict(args.config),
         "accuracy_before": acc_before,
         "accuracy_after": acc_after,
         "gain": acc_after - acc_before,
@@ -217,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-only", action="store_true")
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput run")
     p.add_argument("--out", help="save the RL models under <out>/<task>/<method>")
+    p.add_argument("--config", type=parse_overrides, default={},
+                   help="field=value,... for other RL config fields (e.g. beta=0.04)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", default="", help="method=row,... : start rows other than "
@@ -229,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"--start {args.start!r}: expected method=row with a method of {list(START_ROW)}")
     args.start = {k.strip(): v.strip() for k, v in pairs}
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check_overrides(args.config, [n for n in names if n in method_names()])
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cot_dir = shipped_path("cot", args.task)
