@@ -4,7 +4,8 @@ For each RL method (``--methods atp_rl,lepo,latro``; those registered) this load
 starting point from a ``compare_methods.py --out`` folder (``<models>/<task>/<row>``: ``atp``
 for ATP-RL, ``cot`` for LEPO and LaTRO), scores it on held-out problems, trains the RL method
 for ``--steps`` steps of ``--questions`` x ``--generations`` sampled trajectories and scores it
-again; the table has accuracy before / after, latents used, reward at the first and last steps,
+again; the table has accuracy before / after, the problems fixed and broken on the same set with
+McNemar's z (the paired test of the gain), latents used, reward at the first and last steps,
 trajectories sampled and minutes. ``--eval-seeds K`` scores each model under K sampling seeds and
 reports the mean and spread (LEPO evaluates with sampled Gumbel soft tokens: +/-0.4 points on 500
 problems). ``--seed`` also picks the held-out set, so compare runs under one seed. Training prints
@@ -153,12 +154,26 @@ class ProgressPrinter(TrainerCallback):
 
 def seeded_accuracy(tm: TrainedModel, examples: list, seeds: list[int], spec=None) -> tuple:
     """Mean and population std of held-out accuracy over sampling ``seeds``, and the summary
-    of the first seed's run (for the latent and token counts)."""
+    of the first seed's run (for the latent and token counts; ``"correct"`` holds its per-problem
+    outcomes)."""
     kwargs = {} if spec is None else {"spec": spec}
-    runs = [tm.evaluate(examples, seed=s, **kwargs).summary for s in seeds]
+    evals = [tm.evaluate(examples, seed=s, **kwargs) for s in seeds]
+    runs = [e.summary for e in evals]
     accs = torch.tensor([r["accuracy"] for r in runs], dtype=torch.float64)
     std = float(accs.std(unbiased=False)) if len(seeds) > 1 else 0.0
-    return float(accs.mean()), std, runs[0]
+    first = {**runs[0], "correct": evals[0].per_example["correct"].to_numpy().astype(bool)}
+    return float(accs.mean()), std, first
+
+
+def paired_change(before, after) -> dict:
+    """Problems the RL model fixed and broke against its start on the same held-out set, and
+    McNemar's z = (fixed - broken) / sqrt(fixed + broken): with paired outcomes, a gain is
+    judged against the problems that changed, not against the sampling noise of two accuracies
+    (|z| > 2: unlikely under no change)."""
+    fixed = int((after & ~before).sum())
+    broken = int((before & ~after).sum())
+    z = (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0
+    return {"fixed": fixed, "broken": broken, "mcnemar_z": z}
 
 
 def run_method(name: str, models: Path, task: str, args) -> dict:
@@ -203,6 +218,7 @@ def run_method(name: str, models: Path, task: str, args) -> dict:
         "accuracy_before": acc_before,
         "accuracy_after": acc_after,
         "gain": acc_after - acc_before,
+        **paired_change(before["correct"], after["correct"]),
         "accuracy_before_std": std_before,
         "accuracy_after_std": std_after,
         "eval_seeds": len(seeds),
@@ -319,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_before",
             "accuracy_after",
             "gain",
+            "mcnemar_z",
             "accuracy_after_std",
             "latents_before",
             "latents_after",

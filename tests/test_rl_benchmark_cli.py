@@ -45,3 +45,15 @@ def test_known_fields_reach_the_config(rl):
     rl.check_overrides({"beta": 0.04, "gaussian_reduction": "sum"}, ["atp_rl"])  # no error
     with pytest.raises(SystemExit, match="gaussian_reduction"):
         rl.check_overrides({"latent_length": 4}, ["atp_rl"])  # lepo's field, not atp_rl's
+
+
+def test_paired_change_counts_fixed_and_broken_problems(rl):
+    import numpy as np
+
+    before = np.array([1, 1, 0, 0, 0, 1], dtype=bool)
+    after = np.array([1, 0, 1, 1, 0, 1], dtype=bool)
+    got = rl.paired_change(before, after)
+    assert (got["fixed"], got["broken"]) == (2, 1)
+    assert got["mcnemar_z"] == pytest.approx(1 / 3**0.5)
+    same = rl.paired_change(before, before)
+    assert same == {"fixed": 0, "broken": 0, "mcnemar_z": 0.0}  # no change: no NaN
