@@ -68,9 +68,9 @@ FLAG_FIELDS = {
 
 def parse_overrides(text: str) -> dict:
     """``"beta=0.04,gaussian_reduction=sum"`` -> ``{"beta": 0.04, "gaussian_reduction": "sum"}``:
-    values are Python literals, a bare word is a string."""
+    values are Python literals (a dict or list keeps its commas), a bare word is a string."""
     out = {}
-    for part in filter(None, (x.strip() for x in text.split(","))):
+    for part in filter(None, (x.strip() for x in _top_level_split(text))):
         key, eq, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not key or not value:
@@ -84,6 +84,26 @@ def parse_overrides(text: str) -> dict:
                 ) from None
             out[key] = value
     return out
+
+
+def _top_level_split(text: str) -> list[str]:
+    """Split on the commas outside brackets and quotes (a dict value keeps its commas)."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    return [*parts, "".join(cur)]
 
 
 def check_overrides(overrides: dict, methods: list[str]) -> None:

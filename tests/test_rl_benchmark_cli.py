@@ -23,6 +23,8 @@ def test_overrides_parse_as_literals_and_bare_words(rl):
     assert got == {"beta": 0.04, "gaussian_reduction": "sum", "top_k": 5, "name": "x y"}
     assert isinstance(got["top_k"], int)
     assert rl.parse_overrides("") == {}
+    nested = rl.parse_overrides("segment_weights={'latent': 1.0, 'answer': 0.0},beta=0")
+    assert nested == {"segment_weights": {"latent": 1.0, "answer": 0.0}, "beta": 0}
     with pytest.raises(argparse.ArgumentTypeError, match="field=value"):
         rl.parse_overrides("beta")
     with pytest.raises(argparse.ArgumentTypeError, match="literal or a bare word"):
