@@ -27,6 +27,9 @@ Inference is the CoT model's own: it writes its rationale, ``<eot>`` and the ans
 Measured (arithmetic, from the 68.6% ``cot_1500`` row, 16 questions x 8 rollouts, 500 held-out
 problems, ``benchmarks/rl.py``): lr 1e-5, temperature 0.7, 300 steps: 68.6% -> 71.6%, the
 self-likelihood -5.12 -> -5.08; lr 5e-5 with ``num_iterations`` 2, 100 steps: 68.6% -> 60.8%.
+Stop 24, the same settings from another host's ``cot_1500`` (80.7%), on 2,000 held-out problems:
+80.7% -> 83.7% (109 problems fixed, 49 broken, McNemar z = 4.8); on a second set of 2,000, 79.4%
+-> 83.4% (131 / 51, z = 5.9); the self-likelihood's 50-step means rise from -3.60 to -3.30.
 """
 
 from __future__ import annotations
