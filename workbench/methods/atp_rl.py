@@ -29,10 +29,11 @@ steps of 8 questions the greedy accuracy fell to 72.6%. Neither a longer run (50
 temperature 1.0 (74.6%) nor 8 questions x 16 rollouts (75.2%) reached +2 points: 42-49% of the
 groups have zero reward spread and carry no advantage.
 Stop 24, on 2,000 held-out problems (``benchmarks/rl.py --config``): the default setting 76.75% ->
-77.45%; ``gaussian_reduction="sum"`` 76.5%; latents only (answer weight 0, T 0.3) 75.6% (80
-problems fixed, 103 broken); no latent gradient (latent weight 0) 77.65% (66 / 48). In none of them
-does the rollout accuracy rise from the first to the last quarter of the run (0.715 -> 0.712 by
-default), unlike LEPO's and LaTRO's, which gain 2-4 points from the same lr and budget.
+77.45%; ``gaussian_reduction="sum"`` 76.5%; latents only (answer weight 0, T 0.3) 75.6% (80 problems
+fixed, 103 broken); no latent gradient (latent weight 0) 77.65% (66 / 48), the same at lr 3e-5 77.7%
+(89 / 70). In none of them does the rollout accuracy rise from the first to the last quarter of the
+run (0.715 -> 0.712 by default), unlike LEPO's and LaTRO's, which gain 2-4 points from the same lr
+and budget.
 """
 
 from __future__ import annotations
