@@ -64,6 +64,21 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("rl")``: the script ``benchmarks/rl.py`` imported as a module."""
+    import importlib.util
+
+    def load(name: str):
+        path = REPO_ROOT / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: intra-op threads only add synchronisation cost (and thrash a busy 2-core

@@ -2,22 +2,15 @@
 the task's knobs before anything is generated or trained."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from workbench.config import ConfigError
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_methods.py"
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(load_benchmark):
+    return load_benchmark("compare_methods")
 
 
 def test_knobs_parse_as_python_literals(compare):

@@ -1,21 +1,14 @@
 """``benchmarks/recursive.py`` end to end on a tiny 4x4 budget: it saves each arm, and
 ``--load-dir`` evaluates the saved weights to the same numbers without training."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recursive.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_recursive", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("recursive")
 
 
 def test_saved_arms_evaluate_to_the_same_numbers(bench, tmp_path, capsys):

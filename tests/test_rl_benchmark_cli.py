@@ -2,20 +2,13 @@
 each method's config before any model is loaded."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rl.py"
-
 
 @pytest.fixture(scope="module")
-def rl():
-    spec = importlib.util.spec_from_file_location("rl_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rl(load_benchmark):
+    return load_benchmark("rl")
 
 
 def test_overrides_parse_as_literals_and_bare_words(rl):
