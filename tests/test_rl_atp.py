@@ -61,6 +61,28 @@ def test_recomputed_log_probs_equal_the_rollouts(cvae, data, reduction):
         assert torch.allclose(lp[seg].cpu(), ro.logp[seg], atol=tol), seg
 
 
+def test_pathwise_log_probs_rebuild_the_rollouts_latents(cvae, data):
+    """With the stored noise the multi-pass forward rebuilds the sampled latents, so the answer
+    and stop log-probs are the rollout's; their gradient reaches the Gaussian heads through the
+    latents, which the score-function path's answer log-probs never do."""
+    ro = _rollouts(cvae, data)
+    fb, stop = cvae.spec.feedback, cvae.spec.stop
+    lp = gaussian_policy.log_probs(cvae.model, fb, stop, ro, top_k=10, latent_gradient="pathwise")
+    assert "latent" not in lp
+    for seg in ("stop", "answer"):
+        assert torch.allclose(lp[seg].detach().cpu(), ro.logp[seg], atol=1e-5), seg
+    lp["answer"].sum().backward()
+    assert fb.mu.weight.grad is not None and fb.mu.weight.grad.abs().sum() > 0
+    fb.zero_grad(set_to_none=True)
+    cvae.model.zero_grad(set_to_none=True)
+    fixed = gaussian_policy.log_probs(cvae.model, fb, stop, ro, top_k=10)
+    fixed["answer"].sum().backward()
+    assert fb.mu.weight.grad is None  # score path: the answer sees the latents as inputs
+    cvae.model.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="latent_gradient"):
+        gaussian_policy.log_probs(cvae.model, fb, stop, ro, latent_gradient="reparam")
+
+
 def test_rollouts_are_seeded_and_distinct(cvae, data):
     a, b = _rollouts(cvae, data, seed=5), _rollouts(cvae, data, seed=5)
     assert torch.equal(a.latents, b.latents) and a.completions == b.completions
@@ -90,6 +112,15 @@ def test_a_reused_batch_clips_after_the_update(cvae, data):
     changed = any(not torch.equal(p, q) for p, q in zip(
         tm.model.parameters(), cvae.model.parameters(), strict=True))  # fmt: skip
     assert changed and tm.method == "atp_rl"
+
+
+def test_pathwise_training_has_no_latent_segment_and_moves_the_latent_heads(cvae, data):
+    tm = _rl(cvae, data, latent_gradient="pathwise", learning_rate=1e-2, max_steps=2)
+    assert "loss/latent" not in tm.history.columns and "loss/answer" in tm.history.columns
+    moved = not torch.equal(tm.spec.feedback.mu.weight, cvae.spec.feedback.mu.weight)
+    assert moved
+    with pytest.raises(ConfigError, match="latent_gradient"):
+        atp_rl.ATPRLConfig(latent_gradient="reparam")
 
 
 def test_kl_to_a_reference_is_logged_when_beta_is_set(cvae, data):

@@ -86,6 +86,10 @@ class ATPPolicy:
         return {"temperature": self.cfg.temperature, "top_k": self.cfg.top_k,
                 "reduction": self.cfg.gaussian_reduction}  # fmt: skip
 
+    def log_probs(self, net, ro):
+        return gaussian_policy.log_probs(lm_of(net), self.feedback, self.stop, ro, **self._kw(),
+                                         latent_gradient=self.cfg.latent_gradient)  # fmt: skip
+
     def rollout(self, net, examples: list, seed: int):
         texs = tokenize_examples(examples, self.tok)
         prompts = [prompt_ids(t, self.sp) for t in texs]
@@ -115,9 +119,6 @@ class ATPPolicy:
         for (b, _), toks in zip(groups, ids, strict=True):
             out[b].append(join_tokens(self.tok.convert_ids_to_tokens(toks)))
         return out
-
-    def log_probs(self, net, ro):
-        return gaussian_policy.log_probs(lm_of(net), self.feedback, self.stop, ro, **self._kw())
 
 
 def train(

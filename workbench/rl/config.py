@@ -60,6 +60,10 @@ class GroupPolicyConfig:
     """Loss weight of each action segment (latent actions, stop decisions, answer tokens)."""
     gaussian_reduction: str = "mean"
     """Gaussian latent log-prob over dimensions: ``sum`` (ATP) or ``mean`` (pitfall 4)."""
+    latent_gradient: str = "score"
+    """How Gaussian latents learn: ``score`` (ATP: each latent is an action scored by its
+    log-prob) or ``pathwise`` (the rollout's noise is kept and the answer and stop log-probs
+    differentiate through the rebuilt latents; no latent segment)."""
     rewards: RewardConfig = field(default_factory=RewardConfig)
     """Reward functions, weights and gates."""
     max_grad_norm: float = 1.0
@@ -84,6 +88,7 @@ class GroupPolicyConfig:
         check_choice(self, "advantage", ADVANTAGES)
         check_range(self, "log_ratio_clamp", gt=0)
         check_choice(self, "gaussian_reduction", ("sum", "mean"))
+        check_choice(self, "latent_gradient", ("score", "pathwise"))
         unknown = sorted(set(self.segment_weights) - set(SEGMENTS))
         check_that(self, "segment_weights", not unknown,
                    f"keys from {list(SEGMENTS)} (unknown: {unknown})")  # fmt: skip

@@ -15,6 +15,18 @@ inputs, so no multi-pass is needed) and scored by the group-policy loss.
   with the policy unchanged they equal the rollout's (tested to 1e-5).
 
 A stop forced by the latent budget is not an action of the policy and is not scored.
+
+``latent_gradient`` chooses how the Gaussian latents get their gradient:
+
+* ``"score"`` (ATP's): each latent is an action; its Gaussian log-probability is the ``latent``
+  segment (score-function gradient), and the answer and stop log-probabilities are recomputed
+  with the sampled latents as fixed inputs;
+* ``"pathwise"``: the rollout stores each latent's noise ``eps = (l - mu) / sigma``, and
+  :func:`log_probs` rebuilds the latents as ``mu_theta + sigma_theta * eps`` in the multi-pass
+  training forward (:func:`~workbench.engine.forward.latent_forward`), so the answer and stop
+  log-probabilities differentiate through every latent (the reparameterisation gradient of the
+  same objective). There is no ``latent`` segment then. With the policy unchanged the latents,
+  and so the log-probabilities, are the rollout's.
 """
 
 from __future__ import annotations
@@ -25,7 +37,8 @@ import torch
 
 from workbench.data.layout import pad_prompts
 from workbench.data.tokenizer import special_ids
-from workbench.engine.feedback import GaussianFeedback
+from workbench.engine.feedback import Feedback, FeedbackRule, GaussianFeedback
+from workbench.engine.forward import latent_forward
 from workbench.engine.loop import base_and_head, run_latent, token_log_probs
 from workbench.engine.stop import StepStopHead
 from workbench.rl.distributions import BernoulliStop, GaussianLatent
@@ -58,6 +71,32 @@ class Rollouts:
     completions: list[str] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)
     """The answer ended with ``<eos>``."""
+    noise: torch.Tensor | None = None
+    """[N, n, d] each latent's ``eps = (l - mu) / sigma`` (zeros past ``n_latent``)."""
+
+
+LATENT_GRADIENTS = ("score", "pathwise")
+
+
+class StoredNoiseGaussian(FeedbackRule):
+    """A Gaussian rule that feeds ``mu + sigma * eps[:, t]`` at its ``t``-th call since
+    :meth:`reset`, ``eps`` stored by a rollout: the rollout's latents as a differentiable
+    function of the current parameters (``latent_gradient="pathwise"``)."""
+
+    name = "gaussian_stored_noise"
+
+    def __init__(self, gaussian: GaussianFeedback, noise: torch.Tensor):
+        super().__init__()
+        self.gaussian, self.noise, self.t = gaussian, noise, 0
+
+    def reset(self, batch_size: int, device) -> None:
+        self.t = 0
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        mu, logvar = self.gaussian.distribution(hidden)
+        eps = self.noise[:, self.t].to(device=mu.device, dtype=mu.dtype)
+        self.t += 1
+        return Feedback(mu + torch.exp(0.5 * logvar) * eps, stats={"mu": mu, "logvar": logvar})
 
 
 def _boundaries(stop: StepStopHead, n_max: int) -> torch.Tensor:
@@ -91,11 +130,13 @@ def rollout(model, tokenizer, prompts: list[list[int]], feedback: GaussianFeedba
     n_lat = tr.n_latent
     lat_mask = torch.arange(n)[None] < n_lat[:, None]
     lat_logp = torch.zeros(N, n)
+    noise = torch.zeros(N, n, d)
     if tr.latent_stats:
         mu = torch.zeros(N, n, d)
         lv = torch.zeros(N, n, d)
         mu[:, :k], lv[:, :k] = tr.latent_stats["mu"][:, :k], tr.latent_stats["logvar"][:, :k]
         lat_logp = GaussianLatent(mu, lv, reduction).log_prob(latents) * lat_mask
+        noise = (latents - mu) * torch.exp(-0.5 * lv) * lat_mask[..., None]
     reads = _boundaries(stop, n)
     stop_act = reads[None] == n_lat[:, None]  # [N, R]: stopped at that read
     stop_mask = reads[None] <= n_lat[:, None]
@@ -118,18 +159,26 @@ def rollout(model, tokenizer, prompts: list[list[int]], feedback: GaussianFeedba
         answer_len=out.n_generated,
         masks={"latent": lat_mask, "stop": stop_mask, "answer": ans_mask},
         stop_actions=stop_act, logp={"latent": lat_logp, "stop": stop_logp, "answer": ans_logp},
-        eot_id=sp.eot, pad_id=sp.pad, completions=texts, finished=finished,
+        eot_id=sp.eot, pad_id=sp.pad, completions=texts, finished=finished, noise=noise,
     )  # fmt: skip
 
 
 def log_probs(model, feedback: GaussianFeedback, stop: StepStopHead, ro: Rollouts, *,
               temperature: float = 1.0, top_k: int | None = None,
-              reduction: str = "mean") -> dict[str, torch.Tensor]:  # fmt: skip
-    """The rollouts' log-probabilities under the current policy, in one forward (with grads).
+              reduction: str = "mean",
+              latent_gradient: str = "score") -> dict[str, torch.Tensor]:  # fmt: skip
+    """The rollouts' log-probabilities under the current policy (with grads): one forward with
+    the latents as fixed inputs (``"score"``), or the multi-pass forward that rebuilds them from
+    the stored noise (``"pathwise"``, no ``latent`` key in the result).
 
     Sequence ``b``: its prompt (left-padded so that ``<bot>`` shares column ``c0 - 1``), its
     ``n_b`` latents as input embeddings at columns ``c0 .. c0 + n_b - 1``, ``<eot>``, its answer.
     """
+    if latent_gradient not in LATENT_GRADIENTS:
+        raise ValueError(f"latent_gradient = {latent_gradient!r}: expected one of "
+                         f"{list(LATENT_GRADIENTS)}")  # fmt: skip
+    if latent_gradient == "pathwise" and ro.noise is None:
+        raise ValueError("latent_gradient='pathwise' needs rollouts that stored their noise")
     base, head = base_and_head(model)
     emb = model.get_input_embeddings()
     dev = emb.weight.device
@@ -150,16 +199,23 @@ def log_probs(model, feedback: GaussianFeedback, stop: StepStopHead, ro: Rollout
     ids = ids.scatter(1, where, tail)
     mask = mask.scatter(1, where, tail_mask) | lat_cols.long()
     ids, mask, lat_cols = ids.to(dev), mask.to(dev), lat_cols.to(dev)
-    x = emb(ids)
-    z = torch.zeros_like(x)
-    cols = torch.arange(n, device=dev)
-    z[:, plen : plen + n] = ro.latents.to(device=dev, dtype=x.dtype)
-    x = torch.where(lat_cols[..., None], z, x)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    h = base(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
-    # latents: the head reads the state before each latent column
-    mu, lv = feedback.distribution(h[:, plen - 1 + cols])
-    lat = GaussianLatent(mu, lv, reduction).log_prob(ro.latents.to(dev))
+    cols = torch.arange(n, device=dev)
+    if latent_gradient == "pathwise":
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                 "latent_mask": lat_cols, "n_latent": nb.to(dev),
+                 "latent_start": torch.tensor(plen)}  # fmt: skip
+        h = latent_forward(model, batch, StoredNoiseGaussian(feedback, ro.noise)).hidden
+        lat = None
+    else:
+        x = emb(ids)
+        z = torch.zeros_like(x)
+        z[:, plen : plen + n] = ro.latents.to(device=dev, dtype=x.dtype)
+        x = torch.where(lat_cols[..., None], z, x)
+        h = base(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+        # latents: the head reads the state before each latent column
+        mu, lv = feedback.distribution(h[:, plen - 1 + cols])
+        lat = GaussianLatent(mu, lv, reduction).log_prob(ro.latents.to(dev))
     # stop decisions at the boundary reads
     reads = _boundaries(stop, n).to(dev)
     st = BernoulliStop(stop.stop_logits(h[:, plen - 1 + reads])).log_prob(ro.stop_actions.to(dev))
@@ -171,8 +227,10 @@ def log_probs(model, feedback: GaussianFeedback, stop: StepStopHead, ro: Rollout
     lp = token_log_probs(head(hh), temperature, top_k)
     ans = lp.gather(-1, ro.answer.to(dev).clamp(min=0)[..., None]).squeeze(-1)
     m = {k: v.to(dev) for k, v in ro.masks.items()}
-    return {
-        "latent": lat * m["latent"],
+    out = {
         "stop": st * m["stop"],
         "answer": torch.where(m["answer"], ans, torch.zeros_like(ans)),
     }
+    if lat is not None:
+        out["latent"] = lat * m["latent"]
+    return out

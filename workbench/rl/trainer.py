@@ -107,7 +107,7 @@ class GroupPolicyLoss:
         clip = {}
         score_segments = getattr(self.policy, "score_function_segments", ())
         for seg, w in cfg.segment_weights.items():
-            if seg not in ro.masks:
+            if seg not in ro.masks or seg not in logp:  # e.g. pathwise latents: no latent actions
                 continue
             mask = ro.masks[seg].to(dev)
             if not w or not bool(mask.any()):
@@ -138,7 +138,7 @@ class GroupPolicyLoss:
         if cfg.beta > 0 and c["ref"] is not None:
             kl_terms, count = 0.0, 0.0
             for seg in cfg.segment_weights:
-                if seg not in ro.masks or seg in score_segments:
+                if seg not in ro.masks or seg not in logp or seg in score_segments:
                     continue
                 m = ro.masks[seg].to(dev).float()
                 d = c["ref"][seg].to(dev) - logp[seg]  # k3 estimator of KL(pi || ref)
