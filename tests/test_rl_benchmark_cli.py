@@ -52,3 +52,29 @@ def test_paired_change_counts_fixed_and_broken_problems(rl):
     assert got["mcnemar_z"] == pytest.approx(1 / 3**0.5)
     same = rl.paired_change(before, before)
     assert same == {"fixed": 0, "broken": 0, "mcnemar_z": 0.0}  # no change: no NaN
+
+
+def test_a_negative_pool_is_refused(rl, tmp_path):
+    with pytest.raises(SystemExit):
+        rl.main(["--pool", "-1", "--models", str(tmp_path), "--no-throughput"])
+
+
+def test_a_pool_run_scores_its_pool_and_the_held_out_set(rl, capsys, repo_root):
+    """One RL step of ATP-RL from the shipped model on a pool of 4 training problems."""
+    import json
+
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        rl.main(["--methods", "atp_rl", "--models", str(repo_root / "checkpoints"), "--steps", "1",
+                 "--questions", "2", "--generations", "2", "--test-size", "8", "--pool", "4",
+                 "--no-throughput", "--threads", "1", "--print-every", "0",
+                 "--config", "latent_gradient=pathwise"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]["atp_rl"]
+    assert row["pool"] == 4 and row["trajectories"] == 4
+    assert 0.0 <= row["pool_accuracy_before"] <= 1.0 and 0.0 <= row["pool_accuracy_after"] <= 1.0
+    assert row["config"] == {"latent_gradient": "pathwise"}
