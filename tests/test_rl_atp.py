@@ -38,13 +38,14 @@ def cvae(data):
     return tm
 
 
-def _rollouts(tm, data, reduction="mean", seed=3):
+def _rollouts(tm, data, reduction="mean", seed=3, noise_scale=1.0):
     sp = special_ids(tm.tokenizer)
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(data.test, tm.tokenizer)] * 3
     tm.model.eval()
     ro = gaussian_policy.rollout(tm.model, tm.tokenizer, prompts, tm.spec.feedback, tm.spec.stop,
                                  max_latents=3, max_completion_length=6, top_k=10,
-                                 reduction=reduction, seed=seed)  # fmt: skip
+                                 reduction=reduction, seed=seed,
+                                 noise_scale=noise_scale)  # fmt: skip
     return ro
 
 
@@ -81,6 +82,25 @@ def test_pathwise_log_probs_rebuild_the_rollouts_latents(cvae, data):
     cvae.model.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="latent_gradient"):
         gaussian_policy.log_probs(cvae.model, fb, stop, ro, latent_gradient="reparam")
+
+
+def test_a_noise_scale_widens_the_samples_and_is_the_distribution_scored(cvae, data):
+    fb, stop = cvae.spec.feedback, cvae.spec.stop
+    ro = _rollouts(cvae, data, noise_scale=3.0)
+    one = _rollouts(cvae, data)
+    # same seed, same noise: the first latent (same hidden state) sits 3x as far from mu
+    with torch.no_grad():
+        lp = gaussian_policy.log_probs(cvae.model, fb, stop, ro, top_k=10, noise_scale=3.0)
+        path = gaussian_policy.log_probs(cvae.model, fb, stop, ro, top_k=10, noise_scale=3.0,
+                                         latent_gradient="pathwise")  # fmt: skip
+    assert torch.allclose(ro.noise[:, 0], one.noise[:, 0], atol=1e-4)
+    for seg in ("latent", "stop", "answer"):
+        assert torch.allclose(lp[seg].cpu(), ro.logp[seg], atol=1e-5), seg
+    for seg in ("stop", "answer"):
+        assert torch.allclose(path[seg].cpu(), ro.logp[seg], atol=1e-5), seg
+    assert not torch.allclose(ro.latents[:, 0], one.latents[:, 0])
+    with pytest.raises(ConfigError, match="latent_noise_scale"):
+        atp_rl.ATPRLConfig(latent_noise_scale=0.0)
 
 
 def test_rollouts_are_seeded_and_distinct(cvae, data):

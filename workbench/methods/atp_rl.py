@@ -84,7 +84,8 @@ class ATPPolicy:
 
     def _kw(self) -> dict:
         return {"temperature": self.cfg.temperature, "top_k": self.cfg.top_k,
-                "reduction": self.cfg.gaussian_reduction}  # fmt: skip
+                "reduction": self.cfg.gaussian_reduction,
+                "noise_scale": self.cfg.latent_noise_scale}  # fmt: skip
 
     def log_probs(self, net, ro):
         return gaussian_policy.log_probs(lm_of(net), self.feedback, self.stop, ro, **self._kw(),

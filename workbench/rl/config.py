@@ -64,6 +64,9 @@ class GroupPolicyConfig:
     """How Gaussian latents learn: ``score`` (ATP: each latent is an action scored by its
     log-prob) or ``pathwise`` (the rollout's noise is kept and the answer and stop log-probs
     differentiate through the rebuilt latents; no latent segment)."""
+    latent_noise_scale: float = 1.0
+    """Multiplier of the Gaussian latents' sigma in the rollouts (exploration of the latent
+    chain; the scaled distribution is the one scored). Evaluation feeds ``mu`` either way."""
     rewards: RewardConfig = field(default_factory=RewardConfig)
     """Reward functions, weights and gates."""
     max_grad_norm: float = 1.0
@@ -89,6 +92,7 @@ class GroupPolicyConfig:
         check_range(self, "log_ratio_clamp", gt=0)
         check_choice(self, "gaussian_reduction", ("sum", "mean"))
         check_choice(self, "latent_gradient", ("score", "pathwise"))
+        check_range(self, "latent_noise_scale", gt=0)
         unknown = sorted(set(self.segment_weights) - set(SEGMENTS))
         check_that(self, "segment_weights", not unknown,
                    f"keys from {list(SEGMENTS)} (unknown: {unknown})")  # fmt: skip

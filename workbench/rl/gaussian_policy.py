@@ -27,10 +27,14 @@ A stop forced by the latent budget is not an action of the policy and is not sco
   log-probabilities differentiate through every latent (the reparameterisation gradient of the
   same objective). There is no ``latent`` segment then. With the policy unchanged the latents,
   and so the log-probabilities, are the rollout's.
+
+``noise_scale`` multiplies sigma in the rollout and in the scoring (:class:`ScaledGaussian`): the
+trained model's sigma can be too small for its samples to ever change an answer.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -78,23 +82,46 @@ class Rollouts:
 LATENT_GRADIENTS = ("score", "pathwise")
 
 
-class StoredNoiseGaussian(FeedbackRule):
-    """A Gaussian rule that feeds ``mu + sigma * eps[:, t]`` at its ``t``-th call since
-    :meth:`reset`, ``eps`` stored by a rollout: the rollout's latents as a differentiable
-    function of the current parameters (``latent_gradient="pathwise"``)."""
+class ScaledGaussian(FeedbackRule):
+    """A Gaussian rule whose sigma is multiplied by ``scale`` (``logvar + 2 log scale``): the
+    rollouts' exploration noise, and the distribution their latents are scored under.
 
-    name = "gaussian_stored_noise"
+    With ``noise`` ([N, n, d], stored by a rollout) its ``t``-th call since :meth:`reset` feeds
+    ``mu + scale * sigma * noise[:, t]`` instead of a fresh sample: the rollout's latents as a
+    differentiable function of the current parameters (``latent_gradient="pathwise"``).
+    """
 
-    def __init__(self, gaussian: GaussianFeedback, noise: torch.Tensor):
+    name = "gaussian_scaled"
+
+    def __init__(self, gaussian: GaussianFeedback, scale: float = 1.0,
+                 noise: torch.Tensor | None = None):  # fmt: skip
         super().__init__()
-        self.gaussian, self.noise, self.t = gaussian, noise, 0
+        if not scale > 0:
+            raise ValueError(f"latent noise scale = {scale!r}: expected > 0")
+        self.gaussian, self.log_var_shift, self.noise, self.t = (
+            gaussian,
+            2 * math.log(scale),
+            noise,
+            0,
+        )
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return True
 
     def reset(self, batch_size: int, device) -> None:
         self.t = 0
 
-    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+    def distribution(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.gaussian.distribution(hidden)
-        eps = self.noise[:, self.t].to(device=mu.device, dtype=mu.dtype)
+        return mu, logvar + self.log_var_shift
+
+    def forward(self, hidden, logits, embedding, generator=None) -> Feedback:
+        mu, logvar = self.distribution(hidden)
+        if self.noise is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        else:
+            eps = self.noise[:, self.t].to(device=mu.device, dtype=mu.dtype)
         self.t += 1
         return Feedback(mu + torch.exp(0.5 * logvar) * eps, stats={"mu": mu, "logvar": logvar})
 
@@ -108,7 +135,7 @@ def _boundaries(stop: StepStopHead, n_max: int) -> torch.Tensor:
 def rollout(model, tokenizer, prompts: list[list[int]], feedback: GaussianFeedback,
             stop: StepStopHead, *, max_latents: int, max_completion_length: int,
             temperature: float = 1.0, top_k: int | None = None, reduction: str = "mean",
-            seed: int = 0) -> Rollouts:  # fmt: skip
+            noise_scale: float = 1.0, seed: int = 0) -> Rollouts:  # fmt: skip
     """Sample one trajectory per prompt in one engine run (seeded by ``seed``)."""
     sp = special_ids(tokenizer)
     batch = pad_prompts(prompts, sp.pad)
@@ -116,7 +143,8 @@ def rollout(model, tokenizer, prompts: list[list[int]], feedback: GaussianFeedba
     gen = torch.Generator(device=dev).manual_seed(seed)
     out = run_latent(
         model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), sp,
-        feedback=feedback.with_mode("sample"), stop=stop.with_mode("sample", seed=seed + 1),
+        feedback=ScaledGaussian(feedback, noise_scale),
+        stop=stop.with_mode("sample", seed=seed + 1),
         max_latent_steps=max_latents, max_new_tokens=max_completion_length, append_eot=True,
         record_hidden=True, generator=gen, sample_tokens=True, temperature=temperature,
         token_top_k=top_k,
@@ -165,8 +193,8 @@ def rollout(model, tokenizer, prompts: list[list[int]], feedback: GaussianFeedba
 
 def log_probs(model, feedback: GaussianFeedback, stop: StepStopHead, ro: Rollouts, *,
               temperature: float = 1.0, top_k: int | None = None,
-              reduction: str = "mean",
-              latent_gradient: str = "score") -> dict[str, torch.Tensor]:  # fmt: skip
+              reduction: str = "mean", latent_gradient: str = "score",
+              noise_scale: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """The rollouts' log-probabilities under the current policy (with grads): one forward with
     the latents as fixed inputs (``"score"``), or the multi-pass forward that rebuilds them from
     the stored noise (``"pathwise"``, no ``latent`` key in the result).
@@ -205,7 +233,7 @@ def log_probs(model, feedback: GaussianFeedback, stop: StepStopHead, ro: Rollout
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
                  "latent_mask": lat_cols, "n_latent": nb.to(dev),
                  "latent_start": torch.tensor(plen)}  # fmt: skip
-        h = latent_forward(model, batch, StoredNoiseGaussian(feedback, ro.noise)).hidden
+        h = latent_forward(model, batch, ScaledGaussian(feedback, noise_scale, ro.noise)).hidden
         lat = None
     else:
         x = emb(ids)
@@ -214,7 +242,7 @@ def log_probs(model, feedback: GaussianFeedback, stop: StepStopHead, ro: Rollout
         x = torch.where(lat_cols[..., None], z, x)
         h = base(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
         # latents: the head reads the state before each latent column
-        mu, lv = feedback.distribution(h[:, plen - 1 + cols])
+        mu, lv = ScaledGaussian(feedback, noise_scale).distribution(h[:, plen - 1 + cols])
         lat = GaussianLatent(mu, lv, reduction).log_prob(ro.latents.to(dev))
     # stop decisions at the boundary reads
     reads = _boundaries(stop, n).to(dev)
