@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from workbench.config import check_choice, check_range, check_that
 from workbench.rl.advantages import ADVANTAGES, SCALES
+from workbench.rl.gaussian_policy import LATENT_GRADIENTS
 from workbench.rl.loss import LOSS_TYPES
 from workbench.rl.rewards import RewardConfig
 
@@ -91,7 +92,7 @@ class GroupPolicyConfig:
         check_choice(self, "advantage", ADVANTAGES)
         check_range(self, "log_ratio_clamp", gt=0)
         check_choice(self, "gaussian_reduction", ("sum", "mean"))
-        check_choice(self, "latent_gradient", ("score", "pathwise"))
+        check_choice(self, "latent_gradient", LATENT_GRADIENTS)
         check_range(self, "latent_noise_scale", gt=0)
         unknown = sorted(set(self.segment_weights) - set(SEGMENTS))
         check_that(self, "segment_weights", not unknown,

@@ -92,22 +92,15 @@ class ScaledGaussian(FeedbackRule):
     """
 
     name = "gaussian_scaled"
+    stochastic = True
 
     def __init__(self, gaussian: GaussianFeedback, scale: float = 1.0,
                  noise: torch.Tensor | None = None):  # fmt: skip
         super().__init__()
         if not scale > 0:
             raise ValueError(f"latent noise scale = {scale!r}: expected > 0")
-        self.gaussian, self.log_var_shift, self.noise, self.t = (
-            gaussian,
-            2 * math.log(scale),
-            noise,
-            0,
-        )
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return True
+        self.gaussian, self.noise, self.t = gaussian, noise, 0
+        self.log_var_shift = 2 * math.log(scale)
 
     def reset(self, batch_size: int, device) -> None:
         self.t = 0
