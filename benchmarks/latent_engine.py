@@ -51,6 +51,10 @@ def timed(fn, repeat: int) -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)
+    return median(ts)
+
+
+def median(ts: list[float]) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
@@ -162,10 +166,25 @@ def measure(args) -> dict:
                 max_new_tokens=n_gen,
             )
 
-    t0 = time.perf_counter()
-    for pr in prompts[: args.ref_examples]:
-        reference_generate(model, pr, sp, max_latent_steps=K, max_new_tokens=n_gen)
-    t_ref = (time.perf_counter() - t0) / args.ref_examples
+    # reference and engine alternate in rounds, so a change in the shared host's speed during the
+    # run hits both sides of the ratio alike; each side's time is the median over the rounds
+    rounds = max(1, args.repeat)
+    ref_prompts = prompts[: args.ref_examples]
+    reference_generate(model, ref_prompts[0], sp, max_latent_steps=K, max_new_tokens=n_gen)
+    for bs in batches:
+        engine_all(bs)  # warm-up
+    ref_times, engine_times = [], {bs: [] for bs in batches}
+    for r in range(rounds):
+        chunk = ref_prompts[r::rounds]
+        t0 = time.perf_counter()
+        for pr in chunk:
+            reference_generate(model, pr, sp, max_latent_steps=K, max_new_tokens=n_gen)
+        ref_times.append((time.perf_counter() - t0) / max(1, len(chunk)))
+        for bs in batches:
+            t0 = time.perf_counter()
+            engine_all(bs)
+            engine_times[bs].append((time.perf_counter() - t0) / len(prompts))
+    t_ref = median(ref_times)
     # positions each approach runs through the model: the reference recomputes the whole sequence
     # at each of its F forward passes, the engine runs the padded prompt once, then one position
     F = K + 2 + n_gen  # reads before each latent and <eot>, then the answer tokens (about)
@@ -174,10 +193,11 @@ def measure(args) -> dict:
     position_ratio = float(ref_positions / (lens.max() + F))
     engine = {}
     for bs in batches:
-        t = timed(lambda bs=bs: engine_all(bs), max(1, args.repeat // 2)) / len(prompts)
+        t = median(engine_times[bs])
         engine[bs] = {
             "ms_per_example": 1000 * t,
             "speedup_vs_reference": t_ref / t,
+            "speedup_per_round": [a / b for a, b in zip(ref_times, engine_times[bs], strict=True)],
             "positions_per_s": (K + n_gen) / t,
         }
 
@@ -232,6 +252,9 @@ def measure(args) -> dict:
         )
         print(f"{'   engine ms per example, positions per s':58s} "
               f"{e['ms_per_example']:8.2f} {e['positions_per_s']:8.0f}")  # fmt: skip
+        per_round = e["speedup_per_round"]
+        print(f"{'   ratio per round, lowest and highest':58s} "
+              f"{min(per_round):8.1f} {max(per_round):8.1f}")  # fmt: skip
     print(
         f"{'   reference ms per example (' + str(args.ref_examples) + ' examples)':58s} "
         f"{1000 * t_ref:8.2f}"

@@ -5,9 +5,10 @@ rule (when the latent phase ends) on this one loop (RESEARCH Part A section 6, "
 Part B section 5, "LatentRollout engine"):
 
 1. Prefill the left-padded prompts ``question <bot>`` with an explicit attention mask and
-   per-sample position ids into a ``DynamicCache`` (current transformers cache API: the model
-   takes it as ``cache=``, which transformers accepts from 5.24 on; ``past_key_values=`` is
-   deprecated there).
+   per-sample position ids into a KV cache (current transformers cache API: the model takes it
+   as ``cache=``, which transformers accepts from 5.24 on; ``past_key_values=`` is deprecated
+   there). The cache is a :class:`~workbench.engine.cache.PreallocatedCache` sized for the
+   whole run: ``DynamicCache`` copies itself at every step.
 2. Latent steps: read the LM-head distribution at the last position, ask the stop rule,
    feed the feedback embedding ``[B, 1, d]`` as ``inputs_embeds``. Samples that stopped keep
    stepping with the batch but their slot is masked out (attention mask 0) and their position
@@ -29,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 import transformers
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from workbench.data.tokenizer import SpecialIds
+from workbench.engine.cache import PreallocatedCache
 from workbench.engine.feedback import FeedbackRule, HiddenFeedback
 from workbench.engine.stop import FixedSteps, StopRule
 from workbench.engine.trace import Trace
@@ -140,13 +142,19 @@ def run_latent(
             f"max_new_tokens ({max_new_tokens}) exceeds the model's {limit} positions; "
             "shorten them or use a larger max_positions"
         )
-    cache = DynamicCache()
+    # the cache and the attention mask fill buffers sized for the longest run: growing them by
+    # concatenation would copy all of them at every step
+    capacity = input_ids.shape[1] + max_latent_steps + 1 + max_new_tokens
+    cache = PreallocatedCache(capacity)
+    mask_buffer = mask.new_zeros(B, capacity)
+    mask_buffer[:, : mask.shape[1]] = mask
     nfp = torch.ones(B, dtype=torch.long, device=dev)
 
     def step(embeds=None, ids=None, active=None):
         nonlocal mask
-        act = torch.ones(B, dtype=torch.bool, device=dev) if active is None else active
-        mask = torch.cat([mask, act.long()[:, None]], 1)
+        n = mask.shape[1]
+        mask_buffer[:, n] = 1 if active is None else active
+        mask = mask_buffer[:, : n + 1]
         out = base(
             input_ids=ids,
             inputs_embeds=embeds,
@@ -156,7 +164,7 @@ def run_latent(
             use_cache=True,
             output_hidden_states=record_hidden,
         )
-        return out, act
+        return out
 
     out = base(
         input_ids=input_ids,
@@ -208,7 +216,7 @@ def run_latent(
             rec["wid"].append(fb.ids), rec["wp"].append(fb.probs.float())
         for k, v in (fb.stats or {}).items():
             stats.setdefault(k, []).append(v.float() * active.view(-1, *[1] * (v.ndim - 1)))
-        out, _ = step(embeds=e[:, None], active=active)
+        out = step(embeds=e[:, None], active=active)
         h = torch.where(active[:, None], out.last_hidden_state[:, -1], h)
         if record_hidden:
             hs = torch.where(
@@ -219,7 +227,7 @@ def run_latent(
         nfp += active
 
     if append_eot:
-        out, _ = step(ids=torch.full((B, 1), special.eot, dtype=torch.long, device=dev))
+        out = step(ids=torch.full((B, 1), special.eot, dtype=torch.long, device=dev))
         h = out.last_hidden_state[:, -1]
         next_pos = next_pos + 1
         nfp += 1
@@ -241,7 +249,7 @@ def run_latent(
         if bool(done.all()) or i == max_new_tokens - 1:
             break
         live = ~done
-        out, _ = step(ids=tok[:, None], active=live)
+        out = step(ids=tok[:, None], active=live)
         h = torch.where(live[:, None], out.last_hidden_state[:, -1], h)
         next_pos = next_pos + live
         nfp += live

@@ -70,11 +70,11 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 import torch
-from transformers import DynamicCache
 
 from workbench.config import ConfigError, check_choice, check_range, check_that
 from workbench.data.layout import TokenizedExample, build_sequence, collate, tokenize_examples
 from workbench.data.tokenizer import special_ids
+from workbench.engine.cache import PreallocatedCache
 from workbench.engine.feedback import GaussianFeedback, gaussian_kl
 from workbench.engine.forward import latent_forward, shifted_ce
 from workbench.engine.spec import LatentSpec
@@ -439,7 +439,7 @@ def greedy_decode(decoder, prefix: torch.Tensor, end_id: int, max_tokens: int) -
     P = prefix.shape[0]
     if P == 0:
         return []
-    cache = DynamicCache()
+    cache = PreallocatedCache(prefix.shape[1] + max_tokens)
     mask = torch.ones(P, prefix.shape[1], dtype=torch.long, device=prefix.device)
     out = decoder(inputs_embeds=prefix, attention_mask=mask, cache=cache, use_cache=True)
     done = torch.zeros(P, dtype=torch.bool)
