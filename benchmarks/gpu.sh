@@ -51,7 +51,7 @@ if [ "$DRY" = 1 ]; then
   COMPARE="--task arithmetic --methods nocot,atp --scale 0.005 --test-size 32 --usage-size 16"
   RECURSIVE="--device $DEVICE --size 4 --seconds 3 --train-size 50 --test-size 20 --batch-size 16 --arms single,trm,dis:n_sup=3:n=1"
 else
-  ENGINE="--device $DEVICE --batch 64 --batches 64,256,1024 --test-size 4096 --ref-examples 200 --rollout-examples 64 --repeat 5 --profile"
+  ENGINE="--device $DEVICE --batch 64 --batches 64,256,1024 --test-size 4096 --ref-examples 201 --rollout-examples 64 --repeat 3 --profile"
   RL="--throughput-only --rollouts 4096 --tokens 32"
   ENGINE_BF16="--device $DEVICE --batch 64 --batches 256,1024 --test-size 4096 --ref-examples 100 --rollout-examples 32 --repeat 3"
   COMPARE="--task arithmetic --methods nocot,atp --scale 0.2 --test-size 1000"

@@ -77,7 +77,10 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--ref-examples", type=int, default=100, help="examples the batch-1 reference runs on"
     )
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument(
+        "--repeat", type=int, default=5,
+        help="timing repeats; measure 2 alternates reference and engine in this many rounds",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32",
@@ -174,7 +177,7 @@ def measure(args) -> dict:
 
     # reference and engine alternate in rounds, so a change in the shared host's speed during the
     # run hits both sides of the ratio alike; each side's time is the median over the rounds
-    rounds = max(1, args.repeat)
+    rounds = max(1, min(args.repeat, args.ref_examples))
     ref_prompts = prompts[: args.ref_examples]
     reference_generate(model, ref_prompts[0], sp, max_latent_steps=K, max_new_tokens=n_gen)
     for bs in batches:
@@ -185,7 +188,7 @@ def measure(args) -> dict:
         t0 = time.perf_counter()
         for pr in chunk:
             reference_generate(model, pr, sp, max_latent_steps=K, max_new_tokens=n_gen)
-        ref_times.append((time.perf_counter() - t0) / max(1, len(chunk)))
+        ref_times.append((time.perf_counter() - t0) / len(chunk))
         for bs in batches:
             t0 = time.perf_counter()
             engine_all(bs)
