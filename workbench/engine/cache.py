@@ -5,7 +5,10 @@ step, copying the whole cache once per layer per step; in a batched latent loop 
 13-14% of the engine's time at batch 256 (``benchmarks/latent_engine.py --profile``). Here each
 layer allocates ``[B, H, capacity, D]`` buffers on its first update and later updates write one
 slice in place; the keys and values handed to attention are views of the filled part, so the
-model computes exactly what it computes with ``DynamicCache``.
+model computes exactly what it computes with ``DynamicCache``. The gain grows with the run's
+length: with 6 latents and 64 answer tokens at batch 256 the engine took 26% less time in fp32
+and 14% less in bf16 (stop 26). Inference only: in training, writing into the buffers would
+modify tensors autograd saved, so ``latent_forward`` keeps ``DynamicCache``.
 """
 
 from __future__ import annotations
