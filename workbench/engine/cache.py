@@ -26,23 +26,23 @@ class PreallocatedLayer(DynamicLayer):
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = capacity
-        self.length = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             b, h, _, dk = key_states.shape
             self.key_buffer = key_states.new_empty(b, h, self.capacity, dk)
             self.value_buffer = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+            self.keys, self.values = self.key_buffer[:, :, :0], self.value_buffer[:, :, :0]
             self.device, self.is_initialized = key_states.device, True
-        end = self.length + key_states.shape[-2]
+        start = self.keys.shape[-2]  # the filled length; a reset layer starts again at 0
+        end = start + key_states.shape[-2]
         if end > self.capacity:
             raise ValueError(
                 f"the KV cache holds {self.capacity} positions and this step needs {end}; "
                 "pass a larger capacity"
             )
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
         self.keys = self.key_buffer[:, :, :end]
         self.values = self.value_buffer[:, :, :end]
         return self.keys, self.values
