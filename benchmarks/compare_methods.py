@@ -47,7 +47,14 @@ from workbench.data.tasks.graph_qa import mean_step_fact_rate
 from workbench.eval.ablations import usage_drop
 from workbench.experiment import TrainedModel, prepare_data
 from workbench.methods import atp
-from workbench.recipes import RECIPES, scaled, start_of, train_entry, with_start_rows
+from workbench.recipes import (
+    RECIPES,
+    default_rows,
+    scaled,
+    start_of,
+    train_entry,
+    with_start_rows,
+)
 from workbench.trained import METHOD_FILE
 
 
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     recipe = RECIPES[args.task]
-    rows = list(recipe.entries)
+    rows = default_rows(recipe)
     if args.methods:
         rows = [r.strip() for r in args.methods.split(",") if r.strip()]
         unknown = [r for r in rows if r not in recipe.entries]

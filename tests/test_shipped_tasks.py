@@ -135,3 +135,43 @@ def test_a_continued_row_brings_the_rows_it_starts_from():
     trained = {"cot": "the cot model", "atp": "the atp model"}
     assert start_of(recipe.entries["atp_long"], trained) == "the atp model"
     assert start_of(recipe.entries["atp"], trained) == "the cot model"
+
+
+def test_a_baseline_row_with_a_start_continues_that_model_and_long_rows_are_opt_in():
+    """``icot_slow_long`` (no-CoT training of the iCoT model) brings its starts but no CoT row;
+    a baseline with a ``start`` trains a copy of that model, not a fresh one; the opt-in rows
+    stay out of a default comparison."""
+    from workbench.recipes import Entry, default_rows, train_entry, with_start_rows
+
+    recipe = RECIPES["multiplication"]
+    assert with_start_rows(recipe, ["icot_slow_long"]) == [
+        "cot_5000",
+        "icot_slow",
+        "icot_slow_long",
+    ]
+    assert with_start_rows(recipe, ["icot_slow", "icot"]) == [
+        "cot",
+        "cot_5000",
+        "icot_slow",
+        "icot",
+    ]
+    rows = default_rows(recipe)
+    assert "icot" in rows and "cot" in rows
+    assert not {"cot_5000", "icot_slow", "icot_slow_long"} & set(rows)
+    assert default_rows(RECIPES["arithmetic"]) == list(RECIPES["arithmetic"].entries)
+
+    data = prepare_data("multiplication", train_size=16, val_size=2, test_size=2, seed=0,
+                        digits_a=2)  # fmt: skip
+    start = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), data.tokenizer, seed=3)
+    start_tm = TrainedModel(
+        "icot", start, data.tokenizer, None, None, "multiplication", data.test, {}
+    )
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    train = {"max_steps": 2, "lr": 1e-6, "warmup_steps": 1, "batch_size": 4}
+    cont = train_entry("x", Entry("nocot", train=train, start="s"), data, start_tm, recipe, 0)
+    fresh = train_entry("y", Entry("nocot", train=train), data, start_tm, recipe, 0)
+    emb = "transformer.wte.weight"
+    assert cont.method == "nocot" and cont.model.config.n_embd == 32
+    assert torch.allclose(cont.model.state_dict()[emb], before[emb], atol=1e-4)
+    assert fresh.model.config.n_embd == recipe.d_model  # no start: a new model of the recipe
+    assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())  # copied

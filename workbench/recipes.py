@@ -11,7 +11,7 @@ methods' docstrings.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workbench.methods import BASE_METHOD, NO_COT_METHOD, get_method
 
@@ -31,6 +31,8 @@ class Entry:
     start: str | None = None
     """The row whose trained model (with its heads and step decoder) this row continues;
     ``None``: the CoT row."""
+    opt_in: bool = False
+    """A long row that a comparison runs only when asked for by name (``--methods``)."""
 
 
 @dataclass
@@ -114,6 +116,27 @@ RECIPES: dict[str, TaskRecipe] = {
                     "max_latent_steps": 40,
                 },
             ),  # fmt: skip
+            # iCoT at the reference's ~3k steps per removed token, measured on 3x2
+            # (`--difficulty digits_b=2`, 17 tokens; ICoTConfig docstring): icot_slow 74.0%,
+            # icot_slow_long 100.0% with no reasoning tokens (no-CoT 0.4%). On 3x3 (32 tokens)
+            # icot_slow is 99,000 steps, about 2 hours on one thread; not run there.
+            "cot_5000": Entry(
+                BASE_METHOD, train={"max_steps": 5000, "eval_every": 1000}, opt_in=True
+            ),
+            "icot_slow": Entry(
+                "icot",
+                {"tokens_per_removal": 1, "steps_per_removal": 3000, "final_steps": 3000},
+                {**_lat(5e-4), "eval_every": 500},
+                start="cot_5000",
+                opt_in=True,
+            ),
+            # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer
+            "icot_slow_long": Entry(
+                NO_COT_METHOD,
+                train={"max_steps": 6000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
+                start="icot_slow",
+                opt_in=True,
+            ),
             # the arithmetic curriculum's budget with ATP's supervision, c=2: 0.0%, decoded 26%
             "atp": Entry(
                 "atp",
@@ -207,12 +230,12 @@ def scaled(entry: Entry, scale: float) -> Entry:
     if train_overrides.get("max_steps"):
         train_overrides["max_steps"] = max(1, math.ceil(train_overrides["max_steps"] * scale))
     minutes = entry.minutes * scale if entry.minutes is not None else None
-    return Entry(entry.method, cfg, train_overrides, minutes, entry.start)
+    return replace(entry, config=cfg, train=train_overrides, minutes=minutes)
 
 
 def with_start_rows(recipe: TaskRecipe, rows: list[str]) -> list[str]:
     """``rows`` with every row one of them continues, each before its users, and the CoT row
-    first whenever a method there starts from a trained base (a baseline alone brings none)."""
+    first whenever one of those trains from the CoT model (a baseline alone brings none)."""
     out: list[str] = []
 
     def add(row: str) -> None:
@@ -222,10 +245,19 @@ def with_start_rows(recipe: TaskRecipe, rows: list[str]) -> list[str]:
         if row not in out:
             out.append(row)
 
-    needs_cot = any(get_method(recipe.entries[r].method).needs_base for r in rows)
-    for row in [BASE_METHOD, *rows] if needs_cot else rows:
+    for row in rows:
         add(row)
-    return out
+    from_cot = [
+        r
+        for r in out
+        if get_method(recipe.entries[r].method).needs_base and not recipe.entries[r].start
+    ]
+    return [BASE_METHOD, *(r for r in out if r != BASE_METHOD)] if from_cot else out
+
+
+def default_rows(recipe: TaskRecipe) -> list[str]:
+    """The rows a comparison runs when none are named: every row but the opt-in ones."""
+    return [name for name, entry in recipe.entries.items() if not entry.opt_in]
 
 
 def start_of(entry: Entry, trained: dict):
@@ -234,8 +266,9 @@ def start_of(entry: Entry, trained: dict):
 
 
 def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: int):
-    """Train one entry (baselines by time or steps, latent methods by steps from ``cot``, the
-    model of the entry's ``start`` row when it has one)."""
+    """Train one entry: latent methods by steps from ``cot`` (the model of the entry's
+    ``start`` row when it has one, else the CoT row's); baselines by time or steps from
+    scratch, or, with a ``start`` row, continuing that row's model (``cot``) in their layout."""
     from workbench.experiment import default_train_config, train
     from workbench.models.build import ModelConfig
 
@@ -250,5 +283,7 @@ def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: in
     mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions)
     tc = default_train_config(seed=seed, progress=False, **entry.train)
     budget = 60 * entry.minutes if entry.minutes is not None else None
+    if entry.start is not None:  # e.g. an iCoT model trained on at its last stage (no CoT)
+        return train(entry.method, data, cot, train_config=tc, time_budget_s=budget, **kwargs)
     return train(entry.method, data, model_config=mc, train_config=tc,
                  time_budget_s=budget, **kwargs)  # fmt: skip

@@ -82,6 +82,18 @@ class ICoTConfig:
     ``<eos>``). That is ~100 steps per removed token against the reference's ~3k (RESEARCH
     Part A 7): the budget, not the layout, is what this run tests. Stage-1 pilots (300 steps):
     lr 1e-3 reached loss 0.67, 5e-4 0.87, 2e-3 0.74.
+
+    **At the reference's budget it works** (3x2 multiplication, ``digits_a=3, digits_b=2``:
+    17 reasoning tokens, no-CoT 0.4%). ``prepare_data(train_size=50000, test_size=500,
+    seed=0)``, from a d=128 CoT model trained 5,000 steps (100.0%); ``tokens_per_removal=1,
+    steps_per_removal=3000, final_steps=3000``, λ=4, ``default_train_config(lr=5e-4,
+    warmup_steps=20)``: 51,000 steps, 70 min on one thread, **74.0%** with 0 reasoning tokens.
+    Validation at the end of each stage: 100% (1 token removed), 51.5, 15.0, 8.5, 15.0, 18.0,
+    26.0, 12.0, 16.5, 14.5, 24.5, 16.5, 25.0, 25.5, 35.5, 47.5, then 68.5% with no tokens: the
+    middle stages sit low and the last ones climb. 6,000 more steps of the last stage (the
+    ``nocot`` layout, ``train_baseline(data, "nocot", model=<that model>)``, lr 5e-4, 4 min
+    on two threads): **100.0%** (500 held-out), 99.9% on 3,026 problems seen in no split.
+    With 1,300 steps per stage and 2,000 final steps (24,100 steps) it ended at 10.2%.
     """
 
     tokens_per_removal: int = 8
