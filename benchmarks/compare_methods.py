@@ -16,6 +16,9 @@ Usage::
     python benchmarks/compare_methods.py --task arithmetic [--scale 1.0] [--out runs/compare]
         [--methods cot,nocot,coconut_sup] [--test-size 500] [--threads 2]
 
+Without ``--methods`` it runs every row but the recipe's opt-in ones (long schedules such as
+multiplication's ``icot_slow``), which run when named.
+
 ``--difficulty knob=value,...`` overrides knobs of the recipe's task difficulty and
 ``--train-size`` its number of training problems (use a fresh ``--out`` with them: saved models
 are loaded by row name). ``--scale`` multiplies every step budget and training time (0.25 for a
