@@ -248,11 +248,9 @@ def with_start_rows(recipe: TaskRecipe, rows: list[str]) -> list[str]:
 
     for row in rows:
         add(row)
-    from_cot = [
-        r
-        for r in out
-        if get_method(recipe.entries[r].method).needs_base and not recipe.entries[r].start
-    ]
+    from_cot = any(
+        get_method(recipe.entries[r].method).needs_base and not recipe.entries[r].start for r in out
+    )
     return [BASE_METHOD, *(r for r in out if r != BASE_METHOD)] if from_cot else out
 
 
