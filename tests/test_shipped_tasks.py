@@ -157,7 +157,13 @@ def test_a_baseline_row_with_a_start_continues_that_model_and_long_rows_are_opt_
     ]
     rows = default_rows(recipe)
     assert "icot" in rows and "cot" in rows
-    assert not {"cot_5000", "icot_slow", "icot_slow_long"} & set(rows)
+    long_rows = {"cot_5000", "icot_slow", "icot_slow_long", "nocot_cot_5000", "atp_slow"}
+    assert not (long_rows | {"coconut_sup_slow"}) & set(rows)
+    assert with_start_rows(recipe, ["atp_slow", "nocot_cot_5000"]) == [
+        "cot_5000",
+        "atp_slow",
+        "nocot_cot_5000",
+    ]
     assert default_rows(RECIPES["arithmetic"]) == list(RECIPES["arithmetic"].entries)
 
     data = prepare_data("multiplication", train_size=16, val_size=2, test_size=2, seed=0,

@@ -131,13 +131,42 @@ RECIPES: dict[str, TaskRecipe] = {
                 opt_in=True,
             ),
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
-            # Control (not a row): nocot from cot_5000 itself reached 96% at 19,500 steps.
             "icot_slow_long": Entry(
                 NO_COT_METHOD,
                 train={"max_steps": 6000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
                 start="icot_slow",
                 opt_in=True,
             ),
+            # The control of both: no-CoT training of cot_5000 itself (all CoT tokens removed
+            # at once), the same lr, 20,000 steps.
+            "nocot_cot_5000": Entry(
+                NO_COT_METHOD,
+                train={"max_steps": 20000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
+                start="cot_5000",
+                opt_in=True,
+            ),
+            # The latent rows at an iCoT-sized budget, on 3x2 (2 steps, so max_latent_stage=2:
+            # 4 latents against CoT's 17 tokens), from cot_5000: 1,500 steps for stage 1, then
+            # 18,000 at the last stage, lr 5e-4. Measured numbers: ATPConfig / README.
+            **{
+                name: Entry(
+                    method,
+                    {
+                        "c_thought": 2,
+                        "max_latent_stage": 2,
+                        "steps_per_stage": 1500,
+                        "final_stage_steps": 18000,
+                        **supervision,
+                    },
+                    {**_lat(5e-4), "eval_every": 1000},
+                    start="cot_5000",
+                    opt_in=True,
+                )
+                for name, method, supervision in (
+                    ("atp_slow", "atp", ATP_SUPERVISION),
+                    ("coconut_sup_slow", "coconut", SUPERVISION),
+                )
+            },
             # the arithmetic curriculum's budget with ATP's supervision, c=2: 0.0%, decoded 26%
             "atp": Entry(
                 "atp",

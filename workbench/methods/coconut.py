@@ -47,6 +47,11 @@ the arithmetic budget (c=2, 1,000 steps per stage + 1,000, lr 1e-3, step-supervi
 on one thread) still 0.0% on 500 problems, usage drop 0: the last stage ends at 1.21 nats per
 target token, the no-CoT level; stage 1 (step 1 latent) already ends at 0.68. The paper's
 effective batch 128 and 10-100x longer stages were not tried on CPU.
+
+3x2 multiplication (2 steps, CoT 17 tokens; recipe row ``coconut_sup_slow``), step-supervised,
+c=2, 1,500 steps for stage 1 and 18,000 at the last, lr 5e-4, 51 minutes on one thread: 70.0% on
+500 held-out problems with 4 latents, usage drop 67.8 points, validation still climbing (64.5% at
+19,000). ATP with the same budget and supervision reaches 100% (:mod:`workbench.methods.atp`).
 """
 
 from __future__ import annotations
