@@ -137,8 +137,8 @@ RECIPES: dict[str, TaskRecipe] = {
                 start="icot_slow",
                 opt_in=True,
             ),
-            # The control of both: no-CoT training of cot_5000 itself (all CoT tokens removed
-            # at once), the same lr, 20,000 steps.
+            # The control of the rows that start from cot_5000: no-CoT training of cot_5000
+            # itself (all CoT tokens removed at once), the same lr, 20,000 steps.
             "nocot_cot_5000": Entry(
                 NO_COT_METHOD,
                 train={"max_steps": 20000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
@@ -147,7 +147,7 @@ RECIPES: dict[str, TaskRecipe] = {
             ),
             # The latent rows at an iCoT-sized budget, on 3x2 (2 steps, so max_latent_stage=2:
             # 4 latents against CoT's 17 tokens), from cot_5000: 1,500 steps for stage 1, then
-            # 18,000 at the last stage, lr 5e-4. Measured numbers: ATPConfig / README.
+            # 18,000 at the last stage, lr 5e-4. Measured: atp and coconut docstrings, README.
             **{
                 name: Entry(
                     method,
