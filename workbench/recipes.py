@@ -167,6 +167,41 @@ RECIPES: dict[str, TaskRecipe] = {
                     ("coconut_sup_slow", "coconut", SUPERVISION),
                 )
             },
+            # atp_slow's budget on 3x3 (3 steps, so max_latent_stage=3: 6 latents against
+            # CoT's 32 tokens), from the CoT row (the shipped checkpoints/cot), then continued
+            # twice at its last stage with a fresh optimizer and schedule (6,000, then 4,000
+            # steps), like arithmetic's atp_long. Measured: atp docstring, README.
+            "atp_slow3": Entry(
+                "atp",
+                {
+                    "c_thought": 2,
+                    "max_latent_stage": 3,
+                    "steps_per_stage": 1500,
+                    "final_stage_steps": 18000,
+                    **ATP_SUPERVISION,
+                },
+                {**_lat(5e-4), "eval_every": 1000},
+                opt_in=True,
+            ),  # fmt: skip
+            **{
+                name: Entry(
+                    "atp",
+                    {
+                        "c_thought": 2,
+                        "max_latent_stage": 3,
+                        "steps_per_stage": 1,
+                        "final_stage_steps": final,
+                        **ATP_SUPERVISION,
+                    },
+                    {**_lat(5e-4), "eval_every": 1000},
+                    start=start,
+                    opt_in=True,
+                )
+                for name, start, final in (
+                    ("atp_slow3_long", "atp_slow3", 6000),
+                    ("atp_slow3_long2", "atp_slow3_long", 4000),
+                )
+            },
             # the arithmetic curriculum's budget with ATP's supervision, c=2: 0.0%, decoded 26%
             "atp": Entry(
                 "atp",
