@@ -69,7 +69,11 @@ at 14.0%: validation passed 50% only after 9,000 steps. The same budget on 3x3 (
 stages 1 and 2, 18,000 at the last; 6 latents; 64 minutes): 20.0%, all of it lost without the
 latents; validation was below 6% for 17,000 steps and climbing at the end (18.5%). 6,000 more
 steps at the last stage (optimizer reset, lr 5e-4, 16 minutes on two threads): 79.8%, usage drop
-79.8; 4,000 more the same way: **95.0%**, usage drop 94.8 (31,000 steps in all).
+79.8; 4,000 more the same way: **95.0%**, usage drop 94.8 (31,000 steps in all). Rerun end to end
+as the recipe rows ``atp_slow3`` -> ``atp_slow3_long`` -> ``atp_slow3_long2`` (one thread,
+``compare_methods.py``): 1.6%, 27.2%, then **93.2%** (usage drop 93.2, sampled 93.4%). The
+two runs differ by the middle (the phase change falls near the end of a leg, so small numeric
+differences move it), not by the end.
 
 The RL stage (Gaussian + Bernoulli-stop GRPO with a coherence reward) is a separate method.
 """
