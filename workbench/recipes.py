@@ -168,7 +168,8 @@ RECIPES: dict[str, TaskRecipe] = {
                 )
             },
             # atp_slow's budget on 3x3 (3 steps, so max_latent_stage=3: 6 latents against
-            # CoT's 32 tokens), from the CoT row (the shipped checkpoints/cot), then continued
+            # CoT's 32 tokens), from the CoT row (measured from checkpoints/cot copied to
+            # <out>/multiplication/cot, so compare_methods loads it, README), then continued
             # twice at its last stage with a fresh optimizer and schedule (6,000, then 4,000
             # steps), like arithmetic's atp_long: 1.6% -> 27.2% -> 93.2% (atp docstring, README).
             "atp_slow3": Entry(
