@@ -172,35 +172,18 @@ RECIPES: dict[str, TaskRecipe] = {
             # <out>/multiplication/cot, so compare_methods loads it, README), then continued
             # twice at its last stage with a fresh optimizer and schedule (6,000, then 4,000
             # steps), like arithmetic's atp_long: 1.6% -> 27.2% -> 93.2% (atp docstring, README).
-            "atp_slow3": Entry(
-                "atp",
-                {
-                    "c_thought": 2,
-                    "max_latent_stage": 3,
-                    "steps_per_stage": 1500,
-                    "final_stage_steps": 18000,
-                    **ATP_SUPERVISION,
-                },
-                {**_lat(5e-4), "eval_every": 1000},
-                opt_in=True,
-            ),  # fmt: skip
             **{
                 name: Entry(
                     "atp",
-                    {
-                        "c_thought": 2,
-                        "max_latent_stage": 3,
-                        "steps_per_stage": 1,
-                        "final_stage_steps": final,
-                        **ATP_SUPERVISION,
-                    },
+                    {"c_thought": 2, "max_latent_stage": 3, **stages, **ATP_SUPERVISION},
                     {**_lat(5e-4), "eval_every": 1000},
                     start=start,
                     opt_in=True,
                 )
-                for name, start, final in (
-                    ("atp_slow3_long", "atp_slow3", 6000),
-                    ("atp_slow3_long2", "atp_slow3_long", 4000),
+                for name, start, stages in (
+                    ("atp_slow3", None, {"steps_per_stage": 1500, "final_stage_steps": 18000}),
+                    ("atp_slow3_long", "atp_slow3", {**CONTINUE, "final_stage_steps": 6000}),
+                    ("atp_slow3_long2", "atp_slow3_long", {**CONTINUE, "final_stage_steps": 4000}),
                 )
             },
             # the arithmetic curriculum's budget with ATP's supervision, c=2: 0.0%, decoded 26%
