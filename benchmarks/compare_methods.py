@@ -46,7 +46,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import torch
 
-from workbench.data.tasks.graph_qa import mean_step_fact_rate
+from workbench.data.tasks.graph_qa import mean_step_fact_rate, to_symbolic
 from workbench.eval.ablations import usage_drop
 from workbench.experiment import TrainedModel, prepare_data
 from workbench.methods import atp
@@ -61,8 +61,11 @@ from workbench.recipes import (
 from workbench.trained import METHOD_FILE
 
 
-def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:
-    """Exact-answer accuracy on the real ProsQA test split, or ``None`` when it is absent."""
+def real_prosqa_accuracy(tm: TrainedModel, limit: int, fact_format: str) -> float | None:
+    """Exact-answer accuracy on the real ProsQA test split, or ``None`` when it is absent.
+
+    With ``fact_format="symbolic"`` its facts are rewritten like the training data's.
+    """
     from workbench.data.loaders import load_coconut_json
     from workbench.paths import shared_dir
 
@@ -70,6 +73,8 @@ def real_prosqa_accuracy(tm: TrainedModel, limit: int) -> float | None:
     if not path.exists():
         return None
     examples = load_coconut_json(path)[:limit]
+    if fact_format == "symbolic":
+        examples = [to_symbolic(ex) for ex in examples]
     return float(tm.evaluate(examples).summary["accuracy"])
 
 
@@ -172,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_minutes": minutes,
         }
         if args.task == "graph":
-            row["prosqa_real_accuracy"] = real_prosqa_accuracy(tm, args.test_size)
+            row["prosqa_real_accuracy"] = real_prosqa_accuracy(
+                tm, args.test_size, difficulty.get("fact_format", "sentence")
+            )
             row["step_fact_rate"] = mean_step_fact_rate(
                 ev.per_example["question"], ev.per_example["generated"]
             )

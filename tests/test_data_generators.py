@@ -232,3 +232,29 @@ def test_graph_difficulty_knobs_and_errors():
     )
     with pytest.raises(ValueError, match="n_concepts"):
         graph_qa.generate(1, random.Random(0), n_concepts=8, max_depth=6)
+
+
+def test_graph_symbolic_format_states_the_same_edges_as_word_pairs():
+    kw = dict(n_concepts=8, min_depth=2, max_depth=3)
+    plain = graph_qa.generate(40, random.Random(5), **kw)
+    sym = graph_qa.generate(40, random.Random(5), fact_format="symbolic", **kw)
+    for p, s in zip(plain, sym, strict=True):
+        # same graph and answer; the asking sentence is kept
+        assert {k: v for k, v in p.items() if k not in ("question", "steps")} == {
+            k: v for k, v in s.items() if k not in ("question", "steps")
+        }
+        assert s["question"].rpartition(". ")[2] == p["question"].rpartition(". ")[2]
+        assert "Every" not in s["question"] and " is a " not in s["question"].rpartition(".")[0]
+        idx = {x: i for i, x in enumerate(s["idx_to_symbol"])}
+        facts = s["question"].rpartition(". Is ")[0].split(". ")
+        pairs = sorted([idx[a], idx[b]] for a, b in (f.rstrip(".").split() for f in facts))
+        assert pairs == s["edges"]
+        # steps: the same path as word pairs, each a fact of the question
+        assert s["steps"] == [
+            re.sub(r"(?:Every )?(\w+) is a (\w+)\.", r"\1 \2.", step) for step in p["steps"]
+        ]
+        assert graph_qa.step_fact_rate(s["question"], " ".join(s["steps"])) == 1.0
+    # a real (sentence) example converts to exactly what the generator writes
+    assert [graph_qa.to_symbolic(p) for p in plain] == sym
+    with pytest.raises(ValueError, match="fact_format='words'.*symbolic"):
+        graph_qa.generate(1, random.Random(0), fact_format="words")

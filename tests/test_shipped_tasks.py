@@ -189,3 +189,23 @@ def test_a_baseline_row_with_a_start_continues_that_model_and_long_rows_are_opt_
     assert torch.allclose(cont.model.state_dict()[emb], before[emb], atol=1e-4)
     assert fresh.model.config.n_embd == recipe.d_model  # no start: a new model of the recipe
     assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())  # copied
+
+
+def test_a_recipe_trains_its_rows_from_scratch_on_its_body():
+    """``TaskRecipe.arch`` is the body of every row trained from scratch (graph: Llama), and
+    the graph recipe's data are the symbolic facts its numbers were measured on."""
+    from dataclasses import replace
+
+    from workbench.recipes import Entry, train_entry
+
+    recipe = RECIPES["graph"]
+    assert recipe.arch == "llama" and recipe.difficulty["fact_format"] == "symbolic"
+    data = prepare_data("graph", train_size=16, val_size=2, test_size=2, seed=0,
+                        **recipe.difficulty)  # fmt: skip
+    assert "Every" not in data.train[0]["question"]
+    train = {"max_steps": 1, "warmup_steps": 1, "batch_size": 2}
+    small = replace(recipe, d_model=32)
+    llama = train_entry("cot", Entry("cot", train=train), data, None, small, 0)
+    gpt2 = train_entry("cot", Entry("cot", train=train), data, None, replace(small, arch="gpt2"), 0)
+    assert llama.model.config.model_type == "llama" and llama.model.config.hidden_size == 32
+    assert gpt2.model.config.model_type == "gpt2"

@@ -44,6 +44,8 @@ class TaskRecipe:
     d_model: int
     entries: dict[str, Entry]
     max_positions: int = 256
+    arch: str = "gpt2"
+    """The body of the models trained from scratch (``ModelConfig.arch``)."""
     shipped: tuple[str, ...] = ()
     """Rows ``make checkpoints`` trains and stores under ``checkpoints/<task>/<row>``."""
 
@@ -233,31 +235,33 @@ RECIPES: dict[str, TaskRecipe] = {
         shipped=("cot", "nocot", "coconut_sup", "coconut_sup_long", "atp", "atp_long"),
     ),
     "graph": TaskRecipe(
-        # 8 concepts, 12 facts, 2-3 steps, two people (one owns the distractor chain): at the
-        # generator's default (20 concepts, 3-6 steps) a d=128 CoT model reached 0% in 10 min
-        # (and here 54.0%, near chance; neither a Llama body nor n_names=48 lifted it, README)
+        # near-chains (6 concepts, 2 steps, about 6 facts) written as word pairs ("Tom wumpus.
+        # wumpus yumpus.") on a Llama body, lr 1e-3: the first setting where a d=128 CoT model
+        # learns the fact lookup (README graph results). With ProsQA's sentences on GPT-2 (8
+        # concepts, 2-3 steps, 8,000 steps on 256k problems) the CoT stayed at 54.0%, chance 50.
         difficulty={
-            "n_concepts": 8,
+            "n_concepts": 6,
             "min_depth": 2,
-            "max_depth": 3,
+            "max_depth": 2,
             "min_people": 2,
             "max_people": 2,
-            "edges_per_concept": 1.5,
+            "edges_per_concept": 0.1,
+            "fact_format": "symbolic",
         },
-        # 8,000 steps x 32 = 256k problems, each seen once: on 50k problems (5 epochs) the CoT
-        # memorized them (70.5% train vs 52.5% held-out at 8,000 steps)
         train_size=256_000,
         d_model=128,
-        max_positions=512,
+        arch="llama",
         entries={
-            "cot": Entry(BASE_METHOD, train={"max_steps": 8000, "eval_every": 1000}),
-            "nocot": Entry(NO_COT_METHOD, train={"max_steps": 8000, "eval_every": 1000}),
+            "cot": Entry(BASE_METHOD, train={"max_steps": 16000, "eval_every": 1000, "lr": 1e-3}),
+            "nocot": Entry(
+                NO_COT_METHOD, train={"max_steps": 16000, "eval_every": 1000, "lr": 1e-3}
+            ),
             **curriculum_rows(
                 {
                     "c_thought": 1,
-                    "max_latent_stage": 3,
-                    "steps_per_stage": 400,
-                    "final_stage_steps": 800,
+                    "max_latent_stage": 2,
+                    "steps_per_stage": 1000,
+                    "final_stage_steps": 2000,
                 }
             ),  # fmt: skip
         },
@@ -327,7 +331,7 @@ def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: in
         if entry.train:
             kwargs["train_config"] = default_train_config(seed=seed, **entry.train)
         return train(entry.method, data, cot, **kwargs)
-    mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions)
+    mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions, arch=recipe.arch)
     tc = default_train_config(seed=seed, progress=False, **entry.train)
     budget = 60 * entry.minutes if entry.minutes is not None else None
     if entry.start is not None:  # e.g. an iCoT model trained on at its last stage (no CoT)

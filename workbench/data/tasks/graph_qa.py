@@ -23,11 +23,18 @@ true path, so path length is no shortcut. Concept names come from a syllable gra
 (onset + vowel + m/r/l + "pus"), so no real data is copied. Deviation: the released generator is
 not public; sizes follow the real valid/test statistics (about 20 concepts, 2-6 people, 36
 edges, 3-6 steps) but the exact edge distribution is our own.
+
+``fact_format="symbolic"`` writes every fact (in the question and the steps) as two words,
+``"Tom wumpus."`` and ``"wumpus yumpus."`` (:func:`to_symbolic`), keeping the question's last
+sentence and the answer. It is a difficulty knob of our own, not ProsQA's: a d=128 model from
+scratch learns the lookup of a fact's object by its subject far sooner when the subject is the
+word right before it (README graph results; ``benchmarks/associative_recall.py``).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from itertools import pairwise, product
 
@@ -73,6 +80,32 @@ def _person_fact(person: str, concept: str) -> str:
 
 def _concept_fact(a: str, b: str) -> str:
     return f"Every {a} is a {b}."
+
+
+FACT_FORMATS = ("sentence", "symbolic")
+"""The two fact formats: ProsQA's sentences, or subject-object word pairs."""
+
+_EVERY = re.compile(r"Every (\w+) is a (\w+)\.")
+_PERSON = re.compile(r"\b([A-Z]\w*) is a (\w+)\.")
+
+
+def _symbolic_facts(text: str) -> str:
+    return _PERSON.sub(r"\1 \2.", _EVERY.sub(r"\1 \2.", text))
+
+
+def to_symbolic(example: Example) -> Example:
+    """``example`` with its facts written as ``"subject object."`` (question and steps).
+
+    The question's last sentence (``"Is Tom a A or B?"``) and the answer stay as they are, so a
+    real ProsQA example converts to what a ``fact_format="symbolic"`` model was trained on.
+    """
+    facts, sep, ask = example["question"].rpartition(". Is ")
+    question = _symbolic_facts(facts + ".") + " Is " + ask if sep else example["question"]
+    return {
+        **example,
+        "question": question,
+        "steps": [_symbolic_facts(s) for s in example["steps"]],
+    }
 
 
 def reachable(edges: list[list[int]] | list[tuple[int, int]], start: int) -> set[int]:
@@ -222,14 +255,21 @@ def generate(
     max_people: int = 4,
     edges_per_concept: float = 1.75,
     n_names: int | None = None,
+    fact_format: str = "sentence",
 ) -> list[Example]:
     """``n`` problems; the depth (number of steps) is uniform in ``[min_depth, max_depth]``.
 
     Each graph has ``n_concepts`` concepts, ``min_people..max_people`` people (the first asked
     about, the second owning the distractor chain) and about ``edges_per_concept * n_concepts``
     facts. ``n_names`` restricts names to the first ``n_names`` of :data:`CONCEPT_NAMES` (a
-    smaller vocabulary); ``None`` uses all 648.
+    smaller vocabulary); ``None`` uses all 648. ``fact_format``: ``"sentence"`` (ProsQA's) or
+    ``"symbolic"`` (:func:`to_symbolic`).
     """
+    if fact_format not in FACT_FORMATS:
+        raise ConfigError(
+            f"fact_format={fact_format!r} is not one of {FACT_FORMATS}: use 'sentence' (ProsQA's "
+            "'Every wumpus is a yumpus.') or 'symbolic' ('wumpus yumpus.')"
+        )
     if not 1 <= min_depth <= max_depth:
         raise ConfigError(
             f"need 1 <= min_depth <= max_depth, got min_depth={min_depth}, max_depth={max_depth}"
@@ -252,14 +292,17 @@ def generate(
             f"n_names={n_names} is smaller than n_concepts={n_concepts}; raise n_names"
         )
     n_edges = round(edges_per_concept * n_concepts)
+    convert = to_symbolic if fact_format == "symbolic" else (lambda ex: ex)
     return [
-        make_example(
-            rng,
-            rng.randint(min_depth, max_depth),
-            n_concepts,
-            rng.randint(min_people, max_people),
-            n_edges,
-            names,
+        convert(
+            make_example(
+                rng,
+                rng.randint(min_depth, max_depth),
+                n_concepts,
+                rng.randint(min_people, max_people),
+                n_edges,
+                names,
+            )
         )
         for _ in range(n)
     ]
