@@ -15,9 +15,13 @@ accuracy every ``--eval-every`` steps and the first step at which it reached 90%
 Usage::
 
     python benchmarks/associative_recall.py [--archs gpt2,llama] [--lrs 1e-3,2e-3]
-        [--seeds 0] [--steps 3000] [--pairs 6] [--threads 1]
+        [--seeds 0] [--steps 3000] [--pairs 6] [--chained 0] [--threads 1]
 
-The last line is one JSON object ``{"pairs", "steps", "runs": [{"arch", "lr", "seed",
+``--chained k`` makes k pairs take another pair's key as their value (``a b ... b c``): those
+names appear once as a value and once as a key, like the middle concepts of a graph path, whose
+lookup the graph CoT does not learn (README Results, graph).
+
+The last line is one JSON object ``{"pairs", "chained", "steps", "runs": [{"arch", "lr", "seed",
 "curve": [[step, loss, accuracy], ...], "final_accuracy", "step_to_90"}, ...]}``.
 """
 
@@ -43,12 +47,22 @@ from workbench.data.tokenizer import build_word_tokenizer
 from workbench.models.build import ModelConfig, build_model
 
 
-def recall_batch(rng: random.Random, names: list[int], pairs: int, batch: int) -> torch.Tensor:
-    """``batch`` sequences of ``pairs`` key-value pairs, then every key again with its value."""
+def recall_batch(
+    rng: random.Random, names: list[int], pairs: int, batch: int, chained: int = 0
+) -> torch.Tensor:
+    """``batch`` sequences of ``pairs`` key-value pairs, then every key again with its value.
+
+    ``chained`` pairs take another pair's key as their value (``a b ... b c``), so that name
+    stands once as a value and once as a key, like a concept in the middle of a graph path.
+    """
     rows = []
     for _ in range(batch):
-        toks = rng.sample(names, 2 * pairs)
+        toks = rng.sample(names, 2 * pairs - chained)
         keys, values = toks[:pairs], toks[pairs:]
+        if chained:  # keys[i] -> keys[i + 1] for the first `chained` keys, stated shuffled
+            values = keys[1 : chained + 1] + values
+            shuffled = rng.sample(range(pairs), pairs)
+            keys, values = [keys[i] for i in shuffled], [values[i] for i in shuffled]
         order = rng.sample(range(pairs), pairs)
         rows.append([t for k, v in zip(keys, values, strict=True) for t in (k, v)]
                     + [t for i in order for t in (keys[i], values[i])])  # fmt: skip
@@ -71,13 +85,13 @@ def run_one(arch: str, lr: float, seed: int, args, tokenizer, names: list[int], 
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = random.Random(seed)
-    held_out = recall_batch(random.Random(10_000), names, args.pairs, 256).to(device)
+    held_out = recall_batch(random.Random(10_000), names, args.pairs, 256, args.chained).to(device)
     curve, step_to_90 = [], None
     for step in range(1, args.steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / 30)
-        loss, _ = recall_loss(model, recall_batch(rng, names, args.pairs, args.batch).to(device),
-                              args.pairs)  # fmt: skip
+        x = recall_batch(rng, names, args.pairs, args.batch, args.chained).to(device)
+        loss, _ = recall_loss(model, x, args.pairs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (init and batches)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--pairs", type=int, default=6, help="key-value pairs per sequence")
+    p.add_argument("--chained", type=int, default=0,
+                   help="pairs whose value is another pair's key")  # fmt: skip
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--d-model", type=int, default=128)
@@ -117,6 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = build_word_tokenizer(CONCEPT_NAMES)  # the graph task's 648 concept names
     vocab = tokenizer.get_vocab()
     names = sorted(vocab[n] for n in CONCEPT_NAMES)
+    if not 0 <= args.chained < args.pairs:
+        p.error(
+            f"--chained must be in [0, --pairs - 1] = [0, {args.pairs - 1}], got {args.chained}"
+        )
     if len(names) < 2 * args.pairs:
         p.error(f"--pairs {args.pairs} needs {2 * args.pairs} names, there are {len(names)}")
     runs = []
@@ -125,15 +145,16 @@ def main(argv: list[str] | None = None) -> dict:
         for lr in (float(x) for x in args.lrs.split(",")):
             for seed in (int(x) for x in args.seeds.split(",")):
                 runs.append(run_one(arch.strip(), lr, seed, args, tokenizer, names, device))
-    print(f"\nassociative recall, {args.pairs} pairs, {len(names)} names, batch {args.batch}, "
+    print(f"\nassociative recall, {args.pairs} pairs ({args.chained} chained), {len(names)} names, "
+          f"batch {args.batch}, "
           f"{args.steps} steps, d={args.d_model} x {args.n_layer} layers, device {device}, "
           f"{(time.perf_counter() - t0) / 60:.1f} min")  # fmt: skip
     print("arch      lr        seed  final_accuracy  step_to_90")
     for r in runs:
         print(f"{r['arch']:<9} {r['lr']:<9g} {r['seed']:<5d} {r['final_accuracy']:>14.3f}  "
               f"{r['step_to_90'] if r['step_to_90'] is not None else '-':>10}")  # fmt: skip
-    summary = {"pairs": args.pairs, "steps": args.steps, "names": len(names), "device": device,
-               "runs": runs}  # fmt: skip
+    summary = {"pairs": args.pairs, "chained": args.chained, "steps": args.steps,
+               "names": len(names), "device": device, "runs": runs}  # fmt: skip
     print(json.dumps(summary))
     return summary
 

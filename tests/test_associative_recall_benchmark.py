@@ -52,3 +52,24 @@ def test_a_tiny_run_prints_its_summary_last_and_bad_sizes_are_named(bench, capsy
     with pytest.raises(SystemExit):
         bench.main(["--pairs", "400"])
     assert "--pairs 400 needs 800 names" in capsys.readouterr().err
+
+
+def test_chained_pairs_use_other_keys_as_values_and_zero_keeps_the_plain_batches(bench):
+    names = list(range(100, 140))
+    x = bench.recall_batch(random.Random(2), names, pairs=5, batch=16, chained=3)
+    for row in x.tolist():
+        facts = dict(zip(row[0:10:2], row[1:10:2], strict=True))
+        assert len(facts) == 5 and len(set(facts.values())) == 5
+        assert len(set(facts) & set(facts.values())) == 3  # 3 values are keys too
+        assert dict(zip(row[10::2], row[11::2], strict=True)) == facts
+        # the chain has no cycle: following values from any key ends outside the keys
+        for k in facts:
+            seen = {k}
+            while k in facts:
+                k = facts[k]
+                assert k not in seen
+                seen.add(k)
+    plain = bench.recall_batch(random.Random(2), names, pairs=5, batch=16)
+    assert torch.equal(plain, bench.recall_batch(random.Random(2), names, 5, 16, chained=0))
+    with pytest.raises(SystemExit):
+        bench.main(["--pairs", "4", "--chained", "4"])

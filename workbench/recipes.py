@@ -78,6 +78,14 @@ ATP_SUPERVISION = {"step_decoder": "small", "latent_ce_weight": 1.0, "kl_weight"
 """ATP's step decoder (small, like ``coconut_sup``'s) plus the per-latent CE that made Coconut's
 latents carry the chain here."""
 
+GRAPH_STAGES = {
+    "c_thought": 1,
+    "max_latent_stage": 2,
+    "steps_per_stage": 1000,
+    "final_stage_steps": 2000,
+}
+"""The graph curriculum (one latent per step, 2 stages, 3,000 steps) of the latent rows."""
+
 CONTINUE = {"steps_per_stage": 1, "final_stage_steps": 3000}
 """A trained curriculum model continued at its last stage: one step at each earlier stage
 (the schedule's first warm-up step, lr / 20), then 3,000 steps at the last one."""
@@ -256,14 +264,8 @@ RECIPES: dict[str, TaskRecipe] = {
             "nocot": Entry(
                 NO_COT_METHOD, train={"max_steps": 16000, "eval_every": 1000, "lr": 1e-3}
             ),
-            **curriculum_rows(
-                {
-                    "c_thought": 1,
-                    "max_latent_stage": 2,
-                    "steps_per_stage": 1000,
-                    "final_stage_steps": 2000,
-                }
-            ),  # fmt: skip
+            **curriculum_rows(GRAPH_STAGES),
+            "atp": Entry("atp", {**GRAPH_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
         },
     ),
 }
