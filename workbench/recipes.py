@@ -244,9 +244,11 @@ RECIPES: dict[str, TaskRecipe] = {
     ),
     "graph": TaskRecipe(
         # near-chains (6 concepts, 2 steps, about 6 facts) written as word pairs ("Tom wumpus.
-        # wumpus yumpus.") on a Llama body, lr 1e-3: the first setting where a d=128 CoT model
-        # learns the fact lookup (README graph results). With ProsQA's sentences on GPT-2 (8
-        # concepts, 2-3 steps, 8,000 steps on 256k problems) the CoT stayed at 54.0%, chance 50.
+        # wumpus yumpus.") on a Llama body, lr 1e-3: the setting where a d=128 CoT model learns
+        # the first fact lookup (MQAR-like, README graph results). The second, whose subject is
+        # also the first fact's object, is not learned: CoT 48.2%, no-CoT 63.6%, Coconut 63.6%,
+        # latents unused (chance 50). With ProsQA's sentences on GPT-2 (8 concepts, 2-3 steps,
+        # 8,000 steps on 256k problems) the CoT stayed at 54.0%.
         difficulty={
             "n_concepts": 6,
             "min_depth": 2,
@@ -266,6 +268,14 @@ RECIPES: dict[str, TaskRecipe] = {
             ),
             **curriculum_rows(GRAPH_STAGES),
             "atp": Entry("atp", {**GRAPH_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
+            # the CoT trained on (fresh optimizer and schedule): MQAR with two keys that are also
+            # values forms its recall circuit only after 8,000-10,000 steps (README graph results)
+            "cot_long": Entry(
+                BASE_METHOD,
+                train={"max_steps": 12000, "eval_every": 1000, "lr": 1e-3},
+                start="cot",
+                opt_in=True,
+            ),
         },
     ),
 }
