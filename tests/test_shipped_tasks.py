@@ -196,10 +196,12 @@ def test_a_recipe_trains_its_rows_from_scratch_on_its_body():
     the graph recipe's data are the symbolic facts its numbers were measured on."""
     from dataclasses import replace
 
-    from workbench.recipes import Entry, train_entry
+    from workbench.recipes import Entry, default_rows, train_entry, with_start_rows
 
     recipe = RECIPES["graph"]
     assert recipe.arch == "llama" and recipe.difficulty["fact_format"] == "symbolic"
+    assert "cot_long" not in default_rows(recipe)
+    assert with_start_rows(recipe, ["cot_long"]) == ["cot", "cot_long"]
     data = prepare_data("graph", train_size=16, val_size=2, test_size=2, seed=0,
                         **recipe.difficulty)  # fmt: skip
     assert "Every" not in data.train[0]["question"]
