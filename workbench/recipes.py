@@ -269,7 +269,8 @@ RECIPES: dict[str, TaskRecipe] = {
             **curriculum_rows(GRAPH_STAGES),
             "atp": Entry("atp", {**GRAPH_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
             # the CoT trained on (fresh optimizer and schedule): MQAR with two keys that are also
-            # values forms its recall circuit only after 8,000-10,000 steps (README graph results)
+            # values forms its recall circuit only after 8,000-10,000 steps (README graph
+            # results). Measured: 48.2% -> 65.6%, steps stated in the question 73.7% -> 82.3%.
             "cot_long": Entry(
                 BASE_METHOD,
                 train={"max_steps": 12000, "eval_every": 1000, "lr": 1e-3},
