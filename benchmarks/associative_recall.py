@@ -19,7 +19,7 @@ Usage::
 
 ``--chained k`` makes k pairs take another pair's key as their value (``a b ... b c``): those
 names appear once as a value and once as a key, like the middle concepts of a graph path, whose
-lookup the graph CoT does not learn (README Results, graph).
+lookup the graph CoT learns only slowly (README Results, graph).
 
 The last line is one JSON object ``{"pairs", "chained", "steps", "runs": [{"arch", "lr", "seed",
 "curve": [[step, loss, accuracy], ...], "final_accuracy", "step_to_90"}, ...]}``.
