@@ -86,6 +86,11 @@ def main(argv=None) -> dict:
         "--precision", choices=("fp32", "bf16"), default="fp32",
         help="bf16: every measure (baselines too) under autocast; rule probabilities stay fp32",
     )  # fmt: skip
+    p.add_argument(
+        "--attn", choices=("sdpa", "eager"), default="sdpa",
+        help="the model's attention (ModelConfig.attn_implementation); eager was faster on an "
+        "AMD EPYC host (README)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     bf16 = args.precision == "bf16"
@@ -114,7 +119,7 @@ def measure(args) -> dict:
     dev = torch.device(args.device)
     tok = build_char_tokenizer()
     sp = special_ids(tok)
-    model = build_model(ModelConfig(), tok).to(dev).eval()
+    model = build_model(ModelConfig(attn_implementation=args.attn), tok).to(dev).eval()
     d = model.config.hidden_size
     K = args.latents
     examples = generate("multiplication", args.test_size, 123)
@@ -285,6 +290,7 @@ def measure(args) -> dict:
         "benchmark": "latent_engine",
         "device": device_name,
         "precision": args.precision,
+        "attn": args.attn,
         "batch": args.batch,
         "latents": K,
         "latent_vs_token_step_ratio": step_ratio,

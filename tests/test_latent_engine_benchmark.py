@@ -25,3 +25,9 @@ def test_engine_benchmark_reports_a_ratio_per_round(load_benchmark, capsys):
                       "--ref-examples", "2", "--rollout-examples", "1", "--repeat", "5",
                       "--threads", "1"])  # fmt: skip
     assert len(out["engine"]["2"]["speedup_per_round"]) == 2
+    assert out["attn"] == "sdpa"
+    # the attention is a flag: eager attention runs the same measures
+    out = bench.main(["--batch", "2", "--batches", "2", "--test-size", "4", "--latents", "1",
+                      "--ref-examples", "2", "--rollout-examples", "1", "--repeat", "1",
+                      "--threads", "1", "--attn", "eager"])  # fmt: skip
+    assert out["attn"] == "eager" and out["engine"]["2"]["speedup_vs_reference"] > 0
