@@ -252,3 +252,40 @@ def test_paths_follow_the_environment(monkeypatch, tmp_path):
         monkeypatch.delenv(var)
     assert paths.data_dir() == root / "data" and paths.runs_dir() == root / "runs"
     assert paths.shared_dir() == root.parent / "shared"
+
+
+def test_processes_building_the_same_cache_take_turns(monkeypatch, tmp_path):
+    """Two loaders at once (e.g. two ``accelerate launch`` processes): one builds the splits,
+    the other waits and reads them; neither fails on the other's rename."""
+    import threading
+    import time
+
+    builds = []
+    real_build = wd.build_splits
+
+    def slow_build(*a, **k):
+        builds.append(threading.current_thread().name)
+        time.sleep(0.5)  # the other loader arrives while this one is building
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(wd, "build_splits", slow_build)
+    results, errors = {}, []
+
+    def load(name):
+        try:
+            results[name] = load_task_dataset("arithmetic", SIZES, cache_dir=tmp_path / "c")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(n,), name=n) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert builds == ["a"]  # b found a's cache once it got the lock
+    assert results["a"]["train"].to_list() == results["b"]["train"].to_list()
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [
+        "arithmetic-default-test=20,train=60,val=20-seed0"
+    ]

@@ -11,6 +11,10 @@ Why this module exists:
   place in one rename (:func:`workbench.io.atomic_folder`), so an interrupted build leaves
   no half cache. ``meta.json`` records
   a hash of the generator's source; when the generator changes, the cache is rebuilt.
+  Processes that ask for the same splits at once (``accelerate launch``) take turns on a lock
+  file (:func:`_build_lock`, in the temp folder, so the cache holds only data): one builds,
+  the others read what it wrote (two builders raced on the final rename, ``Directory not
+  empty``, under load).
 * **One column layout.** Every ``Dataset`` here has the columns ``question`` (str), ``steps``
   (list of str), ``answer`` (str) and ``extras``: a JSON string (sorted keys) holding every other
   key of the example, e.g. ProsQA's ``edges``/``idx_to_symbol``/``root``. Arrow cannot hold
@@ -26,6 +30,7 @@ import inspect
 import json
 import random
 import re
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets as hf
+from filelock import FileLock
 
 from workbench.config import ConfigError, check_choice, check_range, check_that
 from workbench.data.loaders import _ALIASES, FORMATS, load_examples
@@ -227,6 +233,14 @@ def _write_cache(final: Path, splits: dict[str, list[Example]], meta: dict[str, 
         _write_file(tmp / "meta.json", (json.dumps(meta, sort_keys=True, indent=2) + "\n").encode())
 
 
+def _build_lock(folder: Path) -> FileLock:
+    """The lock that processes building the cache ``folder`` take turns on (one per folder)."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
+    locks = Path(tempfile.gettempdir()) / "workbench-cache-locks"
+    locks.mkdir(exist_ok=True)
+    return FileLock(locks / f"{key}.lock")
+
+
 def _read_cache(folder: Path, identity: dict[str, Any], splits: list[str]) -> hf.DatasetDict | None:
     """The cached DatasetDict, or None when the folder is missing, stale or damaged."""
     try:
@@ -281,7 +295,11 @@ def load_task_dataset(
     cached = _read_cache(folder, identity, list(sizes))
     if cached is not None:
         return cached
-    _write_cache(folder, build_splits(task, sizes, seed, **knobs), identity)
+    with _build_lock(folder):
+        cached = _read_cache(folder, identity, list(sizes))  # another process built it meanwhile
+        if cached is not None:
+            return cached
+        _write_cache(folder, build_splits(task, sizes, seed, **knobs), identity)
     result = _read_cache(folder, identity, list(sizes))
     if result is None:
         raise RuntimeError(
