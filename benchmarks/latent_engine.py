@@ -91,6 +91,11 @@ def main(argv=None) -> dict:
         help="the model's attention (ModelConfig.attn_implementation); eager was faster on an "
         "AMD EPYC host (README)",
     )  # fmt: skip
+    p.add_argument(
+        "--engine-attention", choices=("auto", "model", "sdpa", "eager"), default="auto",
+        help="run_latent's attention kernel (auto: eager on CPU, the model's own elsewhere; "
+        "model: the same as the reference)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     bf16 = args.precision == "bf16"
@@ -144,6 +149,7 @@ def measure(args) -> dict:
             max_latent_steps=0,
             max_new_tokens=K + 1,
             append_eot=False,
+            attention=args.engine_attention,
         ),
         args.repeat,
     )
@@ -159,6 +165,7 @@ def measure(args) -> dict:
                 max_latent_steps=K,
                 max_new_tokens=1,
                 append_eot=False,
+                attention=args.engine_attention,
             ),
             args.repeat,
         )
@@ -178,6 +185,7 @@ def measure(args) -> dict:
                 sp,
                 max_latent_steps=K,
                 max_new_tokens=n_gen,
+                attention=args.engine_attention,
             )
 
     # reference and engine alternate in rounds, so a change in the shared host's speed during the
@@ -291,6 +299,7 @@ def measure(args) -> dict:
         "device": device_name,
         "precision": args.precision,
         "attn": args.attn,
+        "engine_attention": args.engine_attention,
         "batch": args.batch,
         "latents": K,
         "latent_vs_token_step_ratio": step_ratio,

@@ -16,7 +16,7 @@ from workbench.data.tasks import generate
 from workbench.data.tokenizer import build_char_tokenizer, special_ids
 from workbench.engine.feedback import make_feedback
 from workbench.engine.forward import latent_forward, naive_latent_forward, shifted_ce
-from workbench.engine.loop import run_latent
+from workbench.engine.loop import INFERENCE_ATTENTION, run_latent
 from workbench.engine.reference import reference_generate
 from workbench.engine.stop import ArgmaxToken, EntropyColdStop, FixedSteps
 from workbench.models.build import ModelConfig, build_model
@@ -80,9 +80,10 @@ def test_training_path_matches_naive_recompute(tok, arch, rule):
     assert g1["lm_head.weight" if "lm_head.weight" in g1 else next(iter(g1))].abs().sum() > 0
 
 
+@pytest.mark.parametrize("attention", ["auto", "sdpa"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("rule", ["hidden", "projected", "superposition"])
-def test_cached_loop_matches_batch1_full_recompute(tok, arch, rule):
+def test_cached_loop_matches_batch1_full_recompute(tok, arch, rule, attention):
     sp = special_ids(tok)
     model, fb = _model(tok, arch).eval(), _rule(rule).eval()
     prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
@@ -98,6 +99,7 @@ def test_cached_loop_matches_batch1_full_recompute(tok, arch, rule):
         max_latent_steps=5,
         max_new_tokens=10,
         record_logits=True,
+        attention=attention,  # auto: eager on CPU; the reference runs the model's SDPA
     )
     assert out.trace.n_latent.tolist() == K.tolist()
     for b, p in enumerate(prompts):
@@ -222,3 +224,35 @@ def test_position_limit_error(tok):
             max_latent_steps=4,
             max_new_tokens=8,
         )
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_engine_runs_the_attention_kernel_asked_for_and_restores_the_models(tok, arch):
+    sp = special_ids(tok)
+    model = _model(tok, arch).eval()
+    seen = []
+    model.base_model.register_forward_pre_hook(
+        lambda *_: seen.append(model.config._attn_implementation)
+    )
+    batch = pad_prompts([prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)], sp.pad)
+
+    def run(**kw):
+        seen.clear()
+        out = run_latent(model, batch["input_ids"], batch["attention_mask"], sp,
+                         max_latent_steps=2, max_new_tokens=4, **kw)  # fmt: skip
+        return set(seen), out
+
+    assert model.config._attn_implementation == "sdpa"
+    used, auto = run()
+    assert used == {INFERENCE_ATTENTION["cpu"]} == {"eager"}
+    used, own = run(attention="model")
+    assert used == {"sdpa"}
+    assert torch.equal(auto.generated, own.generated)
+    assert torch.allclose(auto.trace.embeds, own.trace.embeds, atol=1e-4)
+    assert model.config._attn_implementation == "sdpa"  # restored after each run
+    with pytest.raises(ValueError, match="attention='flash'"):
+        run(attention="flash")
+    model.base_model.register_forward_pre_hook(lambda *_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run()
+    assert model.config._attn_implementation == "sdpa"  # restored after an error too
