@@ -301,6 +301,14 @@ RECIPES: dict[str, TaskRecipe] = {
                     "atp": Entry("atp", {**GRAPH_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
                 }.items()
             },
+            # coconut_sup_l2 continued at its last stage (6,000 steps, fresh optimizer)
+            "coconut_sup_l2_long": Entry(
+                "coconut",
+                {**GRAPH_STAGES, **SUPERVISION, **CONTINUE, "final_stage_steps": 6000},
+                _lat(1e-3),
+                start="coconut_sup_l2",
+                opt_in=True,
+            ),
         },
     ),
 }
