@@ -247,8 +247,10 @@ RECIPES: dict[str, TaskRecipe] = {
         # wumpus yumpus.") on a Llama body, lr 1e-3: the setting where a d=128 CoT model learns
         # the first fact lookup (MQAR-like, README graph results). The second, whose subject is
         # also the first fact's object, is not learned in 16,000 steps: CoT 48.2%, no-CoT 63.6%,
-        # Coconut 63.6%, latents unused (chance 50). With ProsQA's sentences on GPT-2 (8 concepts,
-        # 2-3 steps, 8,000 steps on 256k problems) the CoT stayed at 54.0%.
+        # Coconut 63.6%, latents unused (chance 50). It is after 44,000 (cot_long2: 97.4%); the
+        # latent rows from that CoT are the *_l2 rows (Coconut + step supervision 89.6%).
+        # With ProsQA's sentences on GPT-2 (8 concepts, 2-3 steps, 8,000 steps on 256k problems)
+        # the CoT stayed at 54.0%.
         difficulty={
             "n_concepts": 6,
             "min_depth": 2,

@@ -52,6 +52,13 @@ effective batch 128 and 10-100x longer stages were not tried on CPU.
 c=2, 1,500 steps for stage 1 and 18,000 at the last, lr 5e-4, 51 minutes on one thread: 70.0% on
 500 held-out problems with 4 latents, usage drop 67.8 points, validation still climbing (64.5% at
 19,000). ATP with the same budget and supervision reaches 100% (:mod:`workbench.methods.atp`).
+
+Graph reachability (the graph recipe: symbolic near-chains, 2 steps, Llama d=128), from the CoT
+trained 44,000 steps (recipe row ``cot_long2``, 97.4%), c=1, 1,000 + 2,000 steps, lr 1e-3, 500
+held-out problems (chance 50%, no-CoT 63.6%): plain Coconut 69.0%, usage drop 11.0 (the pause
+control 66.0%); step-supervised (``coconut_sup_l2``) **89.6%** with 2 latents against the CoT's
+6 tokens, usage drop 30.5. The lens reads its second latent as the first lookup's result (top-5
+100%), never the answer: the second lookup happens while decoding. README Results, graph.
 """
 
 from __future__ import annotations

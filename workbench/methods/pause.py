@@ -17,6 +17,10 @@ Deviation from the Coconut paper's "pause as thought": there the latent slots ho
 ``<latent>`` token, whose embedding is a row of the (trained) embedding matrix; here the vector
 is a separate parameter of the feedback rule, so the token embedding stays what the CoT base
 had and the ablations of :mod:`workbench.eval.ablations` can tell the two apart.
+
+Measured on the graph recipe (row ``pause_l2``, from the 97.4% CoT, Coconut's 1,000 + 2,000
+steps, one latent per step): 66.0% (no-CoT 63.6%), against plain Coconut's 69.0% and
+step-supervised Coconut's 89.6%: here the fed state, once supervised, is what carries the gain.
 """
 
 from __future__ import annotations
