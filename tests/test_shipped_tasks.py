@@ -203,8 +203,8 @@ def test_a_recipe_trains_its_rows_from_scratch_on_its_body():
     assert "cot_long" not in default_rows(recipe)
     assert with_start_rows(recipe, ["cot_long"]) == ["cot", "cot_long"]
     # the latent rows of the long CoT chain start from it; their control from no-CoT
-    long_rows = {"cot_long2", "nocot_long", "pause_l2", "coconut_l2", "coconut_sup_l2", "atp_l2",
-                 "coconut_sup_l2_long"}  # fmt: skip
+    long_rows = {"cot_long2", "cot_long3", "nocot_long", "pause_l2", "coconut_l2",
+                 "coconut_sup_l2", "atp_l2", "coconut_sup_l2_long"}  # fmt: skip
     assert long_rows <= set(recipe.entries) and not long_rows & set(default_rows(recipe))
     assert with_start_rows(recipe, ["coconut_sup_l2"]) == [
         "cot", "cot_long", "cot_long2", "coconut_sup_l2"

@@ -288,6 +288,13 @@ RECIPES: dict[str, TaskRecipe] = {
                 start="cot_long",
                 opt_in=True,
             ),
+            # the CoT given the 9,000 steps coconut_sup_l2 + coconut_sup_l2_long got after it
+            "cot_long3": Entry(
+                BASE_METHOD,
+                train={"max_steps": 9000, "eval_every": 1000, "lr": 1e-3},
+                start="cot_long2",
+                opt_in=True,
+            ),
             # the control of the rows from cot_long2: no-CoT trained on the same way
             "nocot_long": Entry(
                 NO_COT_METHOD,
