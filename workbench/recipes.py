@@ -288,14 +288,16 @@ RECIPES: dict[str, TaskRecipe] = {
                 start="cot_long",
                 opt_in=True,
             ),
-            # the CoT given the 9,000 steps coconut_sup_l2 + coconut_sup_l2_long got after it
+            # the CoT given the 9,000 steps coconut_sup_l2 + coconut_sup_l2_long got after it.
+            # Measured: 97.0% (coconut_sup_l2_long 97.4% with 2 latents, usage drop 42.0).
             "cot_long3": Entry(
                 BASE_METHOD,
                 train={"max_steps": 9000, "eval_every": 1000, "lr": 1e-3},
                 start="cot_long2",
                 opt_in=True,
             ),
-            # the control of the rows from cot_long2: no-CoT trained on the same way
+            # the control of the rows from cot_long2: no-CoT trained on the same way. Measured:
+            # 65.2% (from 63.6%).
             "nocot_long": Entry(
                 NO_COT_METHOD,
                 train={"max_steps": 16000, "eval_every": 1000, "lr": 1e-3},
