@@ -80,8 +80,9 @@ INFERENCE_ATTENTION = {"cpu": "eager"}
 """The attention kernel :func:`run_latent` uses per device type (``attention="auto"``); a device
 type not listed keeps the model's own (on CUDA, SDPA's fused kernels). On CPU, at the one query
 position of a decode step, SDPA cost 33% of a bf16 batch-256 run on an AMD EPYC host, and plain
-matmuls and a softmax made the whole run 15-26% faster there; on a Xeon with AMX units a matmul
-decode attention measured the same as SDPA (README, engine benchmark). Training
+matmuls and a softmax take 13% less time per example there (1.34 against 1.54 ms at batch 256,
+2.04 against 2.26 at 64; six alternating rounds, each one faster); on a Xeon with AMX units a
+matmul decode attention measured the same as SDPA (README, engine benchmark). Training
 (``latent_forward``) is not affected: it runs the model as built."""
 
 
