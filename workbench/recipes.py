@@ -248,7 +248,8 @@ RECIPES: dict[str, TaskRecipe] = {
         # the first fact lookup (MQAR-like, README graph results). The second, whose subject is
         # also the first fact's object, is not learned in 16,000 steps: CoT 48.2%, no-CoT 63.6%,
         # Coconut 63.6%, latents unused (chance 50). It is after 44,000 (cot_long2: 97.4%); the
-        # latent rows from that CoT are the *_l2 rows (Coconut + step supervision 89.6%).
+        # latent rows from that CoT are the *_l2 rows (Coconut + step supervision 89.6%,
+        # continued 97.4% with 2 latents).
         # With ProsQA's sentences on GPT-2 (8 concepts, 2-3 steps, 8,000 steps on 256k problems)
         # the CoT stayed at 54.0%.
         difficulty={

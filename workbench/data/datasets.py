@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import random
 import re
 import tempfile
@@ -236,7 +237,8 @@ def _write_cache(final: Path, splits: dict[str, list[Example]], meta: dict[str, 
 def _build_lock(folder: Path) -> FileLock:
     """The lock that processes building the cache ``folder`` take turns on (one per folder)."""
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
-    locks = Path(tempfile.gettempdir()) / "workbench-cache-locks"
+    user = os.getuid() if hasattr(os, "getuid") else ""  # another user's folder is not ours
+    locks = Path(tempfile.gettempdir()) / f"workbench-cache-locks{user}"
     locks.mkdir(exist_ok=True)
     return FileLock(locks / f"{key}.lock")
 
