@@ -58,6 +58,14 @@ SUPERVISION = {"latent_ce_weight": 1.0, "step_decoder": "small"}
 """Step supervision of the ``coconut_sup`` rows (RESEARCH Part A 7)."""
 
 
+def _continued(method: str, start: str, steps: int, lr: float = 1e-3) -> Entry:
+    """An opt-in baseline row that trains ``start``'s model on in ``method``'s layout (fresh
+    optimizer and cosine schedule, validation every 1,000 steps)."""
+    return Entry(
+        method, train={"max_steps": steps, "eval_every": 1000, "lr": lr}, start=start, opt_in=True
+    )
+
+
 def curriculum_rows(stages: dict, lr: float = 1e-3) -> dict[str, Entry]:
     """pause, Coconut and step-supervised Coconut under one curriculum (CoconutConfig fields)."""
     return {
@@ -274,37 +282,17 @@ RECIPES: dict[str, TaskRecipe] = {
             # the CoT trained on (fresh optimizer and schedule): MQAR with two keys that are also
             # values forms its recall circuit only after 8,000-10,000 steps (README graph
             # results). Measured: 48.2% -> 65.6%, steps stated in the question 73.7% -> 82.3%.
-            "cot_long": Entry(
-                BASE_METHOD,
-                train={"max_steps": 12000, "eval_every": 1000, "lr": 1e-3},
-                start="cot",
-                opt_in=True,
-            ),
+            "cot_long": _continued(BASE_METHOD, "cot", 12000),
             # cot_long trained on the same way for 16,000 steps: the second lookup forms between
             # 7,000 and 9,000 of them (validation 60 -> 71.5 -> 86 -> 95%). Measured: 97.4%
             # (lr 5e-4 instead: 94.8%).
-            "cot_long2": Entry(
-                BASE_METHOD,
-                train={"max_steps": 16000, "eval_every": 1000, "lr": 1e-3},
-                start="cot_long",
-                opt_in=True,
-            ),
+            "cot_long2": _continued(BASE_METHOD, "cot_long", 16000),
             # the CoT given the 9,000 steps coconut_sup_l2 + coconut_sup_l2_long got after it.
             # Measured: 97.0% (coconut_sup_l2_long 97.4% with 2 latents, usage drop 42.0).
-            "cot_long3": Entry(
-                BASE_METHOD,
-                train={"max_steps": 9000, "eval_every": 1000, "lr": 1e-3},
-                start="cot_long2",
-                opt_in=True,
-            ),
+            "cot_long3": _continued(BASE_METHOD, "cot_long2", 9000),
             # the control of the rows from cot_long2: no-CoT trained on the same way. Measured:
             # 65.2% (from 63.6%).
-            "nocot_long": Entry(
-                NO_COT_METHOD,
-                train={"max_steps": 16000, "eval_every": 1000, "lr": 1e-3},
-                start="nocot",
-                opt_in=True,
-            ),
+            "nocot_long": _continued(NO_COT_METHOD, "nocot", 16000),
             # the latent rows from cot_long2 (44,000 CoT steps in all) instead of cot
             **{
                 f"{name}_l2": replace(entry, start="cot_long2", opt_in=True)
