@@ -24,7 +24,10 @@ multiplication's ``icot_slow``), which run when named.
 are loaded by row name). ``--scale`` multiplies every step budget and training time (0.25 for a
 quick look; a GPU run can use 4+); ``--mixed-precision bf16`` trains under accelerate's bf16
 autocast (for a GPU). Every model is saved under ``<out>/<task>/<method>`` and loaded instead of
-retrained on a rerun, so a killed benchmark continues where it stopped. The last line is one
+retrained on a rerun, so a killed benchmark continues where it stopped; a row still training
+checkpoints under ``<out>/<task>/_unfinished/<method>`` every 500 steps and resumes from there
+(a folder of another setting is refused, naming it). Each validation of a training row prints
+one ``[compare] <row>: step ...`` line. The last line is one
 JSON object
 ``{"task", "device", "methods": {name: {"accuracy", "reasoning_positions", "usage_drop", ...}}}``.
 """
@@ -49,6 +52,7 @@ import torch
 from workbench.data.tasks.graph_qa import mean_step_fact_rate, to_symbolic
 from workbench.eval.ablations import usage_drop
 from workbench.experiment import TrainedModel, prepare_data
+from workbench.io import remove_folder
 from workbench.methods import atp
 from workbench.recipes import (
     RECIPES,
@@ -58,7 +62,11 @@ from workbench.recipes import (
     train_entry,
     with_start_rows,
 )
+from workbench.train import TrainerCallback
 from workbench.trained import METHOD_FILE
+
+UNFINISHED = "_unfinished"
+"""``<out>/<task>/_unfinished/<row>``: the checkpoints of a row still training."""
 
 
 def real_prosqa_accuracy(tm: TrainedModel, limit: int, fact_format: str) -> float | None:
@@ -107,6 +115,35 @@ def _cell(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+class RowProgress(TrainerCallback):
+    """One line per validation of a training row (step, loss, metrics): an hour-long row shows
+    where it is; without validation, one line every ``every`` steps."""
+
+    def __init__(self, name: str, every: int = 1000):
+        self.name, self.every, self.loss = name, every, float("nan")
+        self.resumed_s, self.started = 0.0, False
+        """Training time the row had before this process resumed it (0 for a fresh start)."""
+
+    def on_train_begin(self, trainer) -> None:
+        if not self.started and trainer.step:  # the first train() call starts where it resumed
+            self.resumed_s = trainer.elapsed_s
+            print(f"[compare] {self.name}: resumed at step {trainer.step}", flush=True)
+        self.started = True
+
+    def on_log(self, trainer, logs) -> None:
+        self.loss = logs.get("loss", self.loss)
+        if trainer.eval_fn is None and trainer.step % self.every == 0:
+            self.report(trainer, {})
+
+    def on_evaluate(self, trainer, metrics) -> None:
+        self.report(trainer, metrics)
+
+    def report(self, trainer, metrics: dict) -> None:
+        parts = [f"step {trainer.step}", f"loss {self.loss:.4f}"]
+        parts += [f"{k} {v:.4f}" for k, v in metrics.items()]
+        print(f"[compare] {self.name}: " + ", ".join(parts), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[compare] {name}: loaded from {folder}", flush=True)
         else:
             print(f"[compare] {name}: training ({entry})", flush=True)
-            tm = train_entry(name, entry, data, start_of(entry, trained), recipe,
-                             args.seed)  # fmt: skip
-            minutes = (time.perf_counter() - t0) / 60
+            run_dir, progress = root / UNFINISHED / name, RowProgress(name)
+            tm = train_entry(name, entry, data, start_of(entry, trained), recipe, args.seed,
+                             run_dir=run_dir, callbacks=[progress])  # fmt: skip
+            minutes = (time.perf_counter() - t0 + progress.resumed_s) / 60
             tm.meta["train_minutes"] = minutes
             tm.save(folder)
+            remove_folder(run_dir)
         trained[name] = tm
         ev = tm.evaluate(data.test)
         res = ev.summary

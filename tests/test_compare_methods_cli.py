@@ -29,3 +29,46 @@ def test_an_unknown_knob_is_refused_naming_the_known_ones(compare, tmp_path):
         compare.main(["--task", "graph", "--methods", "cot", "--difficulty", "n_edges=9",
                       "--out", str(tmp_path)])  # fmt: skip
     assert not any(tmp_path.iterdir())  # nothing trained or saved
+
+
+def test_a_killed_row_resumes_from_its_run_folder_and_ends_where_an_unbroken_one_does(
+    compare, tmp_path, monkeypatch, capsys
+):
+    """A row trained with a run folder checkpoints there; killed and rerun, it resumes (the
+    progress line says where) and ends on the weights of a run never killed. A folder holding
+    another setting of the row is refused, naming what differs."""
+    from dataclasses import replace
+
+    import torch
+
+    from workbench import recipes
+    from workbench.data.prepare import prepare_data
+    from workbench.recipes import RECIPES, Entry, train_entry
+    from workbench.train import TrainerCallback, latest_checkpoint
+
+    monkeypatch.setattr(recipes, "RUN_SAVE_EVERY", 2)
+    data = prepare_data("multiplication", train_size=32, val_size=2, test_size=2, seed=0,
+                        digits_a=2)  # fmt: skip
+    recipe = replace(RECIPES["multiplication"], d_model=32)
+    entry = Entry("nocot", train={"max_steps": 6, "warmup_steps": 1, "batch_size": 4})
+    run = tmp_path / "run"
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, trainer, logs):
+            if trainer.step == 5:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_entry("nocot", entry, data, None, recipe, 0, run_dir=run, callbacks=[Kill()])
+    assert latest_checkpoint(run).endswith("checkpoint-4")
+    progress = compare.RowProgress("nocot")
+    resumed = train_entry("nocot", entry, data, None, recipe, 0, run_dir=run,
+                          callbacks=[progress])  # fmt: skip
+    assert "[compare] nocot: resumed at step 4" in capsys.readouterr().out
+    assert progress.resumed_s > 0
+    whole = train_entry("nocot", entry, data, None, recipe, 0)
+    got, want = resumed.model.state_dict(), whole.model.state_dict()
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    longer = replace(entry, train={**entry.train, "max_steps": 7})
+    with pytest.raises(ConfigError, match="another setting of row 'nocot'.*entry.*delete"):
+        train_entry("nocot", longer, data, None, recipe, 0, run_dir=run)

@@ -11,7 +11,7 @@ methods' docstrings.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from workbench.methods import BASE_METHOD, NO_COT_METHOD, get_method
 
@@ -148,6 +148,18 @@ RECIPES: dict[str, TaskRecipe] = {
                 start="cot_5000",
                 opt_in=True,
             ),
+            # iCoT on 3x3 (32 tokens) at budgets that fit a session on one thread, from the CoT
+            # row: 2 tokens per stage at 2,500 steps (~1,250 steps per token, 43,500 steps) and
+            # 4 tokens per stage at 3,000 (~750 per token, 27,000 steps); 6,000 final steps.
+            **{
+                name: Entry(
+                    "icot",
+                    {"tokens_per_removal": tokens, "steps_per_removal": steps, "final_steps": 6000},
+                    {**_lat(5e-4), "eval_every": 500},
+                    opt_in=True,
+                )
+                for name, tokens, steps in (("icot3", 2, 2500), ("icot3_fast", 4, 3000))
+            },
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
             "icot_slow_long": Entry(
                 NO_COT_METHOD,
@@ -361,23 +373,82 @@ def start_of(entry: Entry, trained: dict):
     return trained.get(entry.start or BASE_METHOD)
 
 
-def train_entry(name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: int):
+RUN_SAVE_EVERY = 500
+"""Optimizer steps between the checkpoints of a row trained with a ``run_dir``."""
+
+RUN_FILE = "row.json"
+"""What a row's run folder holds a run of (row, entry, data, seed), checked before resuming."""
+
+
+def claim_run_dir(run_dir, name: str, entry: Entry, data, seed: int) -> dict:
+    """The train settings that checkpoint ``name`` in ``run_dir`` and resume from it.
+
+    The folder's :data:`RUN_FILE` names the setting its checkpoints belong to; a folder of
+    another setting (other steps, data or seed under the same ``--out``) is refused, naming
+    the fix, instead of resumed into a run nobody asked for.
+    """
+    import json
+    from pathlib import Path
+
+    from workbench.config import ConfigError
+    from workbench.io import atomic_write_json
+
+    run_dir = Path(run_dir)
+    setting = json.loads(json.dumps(
+        {"row": name, "entry": asdict(entry), "data": data.describe(), "seed": seed}
+    ))  # fmt: skip
+    path = run_dir / RUN_FILE
+    if path.exists():
+        held = json.loads(path.read_text())
+        if held != setting:
+            diff = sorted(k for k in setting if held.get(k) != setting[k])
+            raise ConfigError(
+                f"{run_dir} holds an unfinished run of another setting of row {name!r} (its "
+                f"{', '.join(diff)} differ): delete that folder to start over, or use another --out"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, setting, indent=1)
+    return {
+        "output_dir": str(run_dir),
+        "save_every": RUN_SAVE_EVERY,
+        "save_total_limit": 1,
+        "resume": True,
+    }
+
+
+def train_entry(
+    name: str, entry: Entry, data, cot, recipe: TaskRecipe, seed: int, *, run_dir=None,
+    callbacks=None,
+):  # fmt: skip
     """Train one entry: latent methods by steps from ``cot`` (the model of the entry's
     ``start`` row when it has one, else the CoT row's); baselines by time or steps from
-    scratch, or, with a ``start`` row, continuing that row's model (``cot``) in their layout."""
+    scratch, or, with a ``start`` row, continuing that row's model (``cot``) in their layout.
+
+    With ``run_dir`` the row checkpoints there every :data:`RUN_SAVE_EVERY` steps and a rerun
+    resumes from the newest checkpoint, so a killed hour-long row loses minutes, not the hour
+    (:func:`claim_run_dir`). Rows whose method takes no train config (Latent-SFT: its own
+    pipeline of short stages), or whose latent method keeps its own train defaults (no
+    ``train`` overrides), start over. ``callbacks`` go to the row's trainers.
+    """
     from workbench.experiment import default_train_config, train
     from workbench.models.build import ModelConfig
 
     record = get_method(entry.method)
     kwargs: dict = {"seed": seed}
+    if callbacks:
+        kwargs["callbacks"] = list(callbacks)
     if record.config_cls is not None:
         kwargs["config"] = record.config_cls(**{**entry.config, "seed": seed})
+    resumable = run_dir is not None and record.takes_train_config
+    resumable = resumable and (bool(entry.train) or not record.needs_base)
+    run = claim_run_dir(run_dir, name, entry, data, seed) if resumable else {}
     if record.needs_base:
         if entry.train:
-            kwargs["train_config"] = default_train_config(seed=seed, **entry.train)
+            kwargs["train_config"] = default_train_config(seed=seed, **entry.train, **run)
         return train(entry.method, data, cot, **kwargs)
     mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions, arch=recipe.arch)
-    tc = default_train_config(seed=seed, progress=False, **entry.train)
+    tc = default_train_config(seed=seed, progress=False, **entry.train, **run)
     budget = 60 * entry.minutes if entry.minutes is not None else None
     if entry.start is not None:  # e.g. an iCoT model trained on at its last stage (no CoT)
         return train(entry.method, data, cot, train_config=tc, time_budget_s=budget, **kwargs)

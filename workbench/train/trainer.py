@@ -335,6 +335,12 @@ class Trainer:
         return self.accelerator.device
 
     @property
+    def elapsed_s(self) -> float:
+        """Training wall time of this run up to the last finished step or ``train()`` call,
+        the time before a resume included (it is saved with every checkpoint)."""
+        return self._elapsed_s
+
+    @property
     def steps_per_epoch(self) -> float:
         """Optimizer steps per pass over the training set (per process)."""
         return len(self._train_loader) / self.config.grad_accum_steps
