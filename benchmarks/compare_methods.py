@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             tm.meta["train_minutes"] = minutes
             tm.save(folder)
             remove_folder(run_dir)
+            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
         trained[name] = tm
         ev = tm.evaluate(data.test)
         res = ev.summary

@@ -72,3 +72,19 @@ def test_a_killed_row_resumes_from_its_run_folder_and_ends_where_an_unbroken_one
     longer = replace(entry, train={**entry.train, "max_steps": 7})
     with pytest.raises(ConfigError, match="another setting of row 'nocot'.*entry.*delete"):
         train_entry("nocot", longer, data, None, recipe, 0, run_dir=run)
+
+
+def test_a_finished_comparison_leaves_its_models_and_no_unfinished_runs(compare, tmp_path, capsys):
+    """Every trained row is saved under ``<out>/<task>/<row>``; the checkpoints it resumed from
+    are gone once it is, and a rerun loads the rows instead of training them."""
+    argv = ["--task", "multiplication", "--methods", "icot", "--scale", "0.001",
+            "--train-size", "32", "--test-size", "4", "--usage-size", "2", "--threads", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert compare.main(argv) == 0
+    root = tmp_path / "multiplication"
+    assert sorted(p.name for p in root.iterdir()) == ["cot", "icot"]
+    assert not (root / compare.UNFINISHED).exists()
+    capsys.readouterr()
+    assert compare.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cot: loaded from" in out and "icot: loaded from" in out and "training" not in out

@@ -160,6 +160,16 @@ RECIPES: dict[str, TaskRecipe] = {
                 )
                 for name, tokens, steps in (("icot3", 2, 2500), ("icot3_fast", 4, 3000))
             },
+            # each trained on 10,000 more steps at its last stage (no CoT), like icot_slow_long
+            **{
+                f"{start}_long": Entry(
+                    NO_COT_METHOD,
+                    train={"max_steps": 10000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
+                    start=start,
+                    opt_in=True,
+                )
+                for start in ("icot3", "icot3_fast")
+            },
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
             "icot_slow_long": Entry(
                 NO_COT_METHOD,
