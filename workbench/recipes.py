@@ -170,6 +170,14 @@ RECIPES: dict[str, TaskRecipe] = {
                 )
                 for start in ("icot3", "icot3_fast")
             },
+            # their control: no-CoT training of the CoT row itself (all 32 tokens removed at
+            # once), icot3_fast's 27,000 steps at the same lr
+            "nocot_cot3": Entry(
+                NO_COT_METHOD,
+                train={"max_steps": 27000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 1000},
+                start=BASE_METHOD,
+                opt_in=True,
+            ),
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
             "icot_slow_long": Entry(
                 NO_COT_METHOD,
