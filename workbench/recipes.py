@@ -137,7 +137,7 @@ RECIPES: dict[str, TaskRecipe] = {
             # iCoT at the reference's ~3k steps per removed token, measured on 3x2
             # (`--difficulty digits_b=2`, 17 tokens; ICoTConfig docstring): icot_slow 74.0%,
             # icot_slow_long 100.0% with no reasoning tokens (no-CoT 0.4%). On 3x3 (32 tokens)
-            # icot_slow is 99,000 steps, about 2 hours on one thread; not run there.
+            # icot_slow is 96,000 steps after cot_5000's 5,000, about 3.5 hours on one thread.
             "cot_5000": Entry(
                 BASE_METHOD, train={"max_steps": 5000, "eval_every": 1000}, opt_in=True
             ),
@@ -151,6 +151,8 @@ RECIPES: dict[str, TaskRecipe] = {
             # iCoT on 3x3 (32 tokens) at budgets that fit a session on one thread, from the CoT
             # row: 2 tokens per stage at 2,500 steps (~1,250 steps per token, 43,500 steps) and
             # 4 tokens per stage at 3,000 (~750 per token, 27,000 steps); 6,000 final steps.
+            # Measured: 1.4% and 0.0%; continued (the _long rows) 1.8% and 1.2%; their control
+            # nocot_cot3 0.4% (ICoTConfig docstring).
             **{
                 name: Entry(
                     "icot",

@@ -99,6 +99,18 @@ class ICoTConfig:
     6,000); from scratch under that schedule, 6.0% at 19,500 and 13.0% at 27,000. So here the
     CoT start carries it and the staged removal costs more steps than it saves. With the lr
     decayed over 20,000 steps instead (recipe row ``nocot_cot_5000``) that control ends at 28.4%.
+
+    **On 3x3 it does not, at the budgets a session allows** (recipe rows, ``compare_methods.py
+    --task multiplication --threads 1``, from the shipped CoT model, 500 held-out problems, lr
+    5e-4, λ=4, 6,000 final steps): ``icot3`` (2 tokens per stage, 2,500 steps each: ~1,250 per
+    token, 43,500 steps, 73 min) **1.4%**; ``icot3_fast`` (4 tokens, 3,000 steps) 0.0%. Stage-end
+    validation of ``icot3``: 35% with 2 tokens removed, 34.5% with 4, then 6.5, 8, 1, 1.5, 0.5,
+    1, 3.5, 6, 0, 0.5, 0, 1, 1% and 1% with none left (loss 0.58). 10,000 more steps at the last
+    stage (``icot3_long``, ``icot3_fast_long``): 1.8% (loss 0.55) and 1.2% (0.65). The control,
+    no-CoT training of the same CoT model for 27,000 steps (``nocot_cot3``): 0.4% (loss 0.84).
+    So the staged removal leaves a lower loss than removing everything at once, but not a model
+    that multiplies 3x3 without tokens; the reference's ~3k steps per token is ``icot_slow``'s
+    96,000 steps here (about 3.3 hours at the 8 steps per second these rows ran at).
     """
 
     tokens_per_removal: int = 8
