@@ -122,8 +122,8 @@ class RowProgress(TrainerCallback):
     where it is; without validation, one line every ``every`` steps."""
 
     def __init__(self, name: str, every: int = 1000):
-        self.name, self.every, self.loss = name, every, float("nan")
-        self.resumed_s, self.started = 0.0, False
+        self.name, self.every, self.loss, self.started = name, every, float("nan"), False
+        self.resumed_s = 0.0
         """Training time the row had before this process resumed it (0 for a fresh start)."""
 
     def on_train_begin(self, trainer) -> None:

@@ -465,10 +465,10 @@ def train_entry(
     run = claim_run_dir(run_dir, name, entry, data, seed) if resumable else {}
     if record.needs_base:
         if entry.train:
-            kwargs["train_config"] = default_train_config(seed=seed, **entry.train, **run)
+            kwargs["train_config"] = default_train_config(seed=seed, **{**entry.train, **run})
         return train(entry.method, data, cot, **kwargs)
     mc = ModelConfig(d_model=recipe.d_model, max_positions=recipe.max_positions, arch=recipe.arch)
-    tc = default_train_config(seed=seed, progress=False, **entry.train, **run)
+    tc = default_train_config(seed=seed, **{"progress": False, **entry.train, **run})
     budget = 60 * entry.minutes if entry.minutes is not None else None
     if entry.start is not None:  # e.g. an iCoT model trained on at its last stage (no CoT)
         return train(entry.method, data, cot, train_config=tc, time_budget_s=budget, **kwargs)
