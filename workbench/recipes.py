@@ -58,12 +58,14 @@ SUPERVISION = {"latent_ce_weight": 1.0, "step_decoder": "small"}
 """Step supervision of the ``coconut_sup`` rows (RESEARCH Part A 7)."""
 
 
-def _continued(method: str, start: str, steps: int, lr: float = 1e-3) -> Entry:
+def _continued(
+    method: str, start: str, steps: int, lr: float = 1e-3, eval_every: int = 1000, **train
+) -> Entry:
     """An opt-in baseline row that trains ``start``'s model on in ``method``'s layout (fresh
-    optimizer and cosine schedule, validation every 1,000 steps)."""
-    return Entry(
-        method, train={"max_steps": steps, "eval_every": 1000, "lr": lr}, start=start, opt_in=True
-    )
+    optimizer and cosine schedule, validation every ``eval_every`` steps; ``train``: more
+    TrainConfig fields)."""
+    train = {"max_steps": steps, "eval_every": eval_every, "lr": lr, **train}
+    return Entry(method, train=train, start=start, opt_in=True)
 
 
 def curriculum_rows(stages: dict, lr: float = 1e-3) -> dict[str, Entry]:
@@ -164,36 +166,20 @@ RECIPES: dict[str, TaskRecipe] = {
             },
             # each trained on 10,000 more steps at its last stage (no CoT), like icot_slow_long
             **{
-                f"{start}_long": Entry(
-                    NO_COT_METHOD,
-                    train={"max_steps": 10000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
-                    start=start,
-                    opt_in=True,
-                )
+                f"{start}_long": _continued(NO_COT_METHOD, start, 10000, 5e-4, 500, warmup_steps=20)
                 for start in ("icot3", "icot3_fast")
             },
             # their control: no-CoT training of the CoT row itself (all 32 tokens removed at
             # once), icot3_fast's 27,000 steps at the same lr
-            "nocot_cot3": Entry(
-                NO_COT_METHOD,
-                train={"max_steps": 27000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 1000},
-                start=BASE_METHOD,
-                opt_in=True,
-            ),
+            "nocot_cot3": _continued(NO_COT_METHOD, BASE_METHOD, 27000, 5e-4, warmup_steps=20),
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
-            "icot_slow_long": Entry(
-                NO_COT_METHOD,
-                train={"max_steps": 6000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
-                start="icot_slow",
-                opt_in=True,
+            "icot_slow_long": _continued(
+                NO_COT_METHOD, "icot_slow", 6000, 5e-4, 500, warmup_steps=20
             ),
             # The control of the rows that start from cot_5000: no-CoT training of cot_5000
             # itself (all CoT tokens removed at once), the same lr, 20,000 steps.
-            "nocot_cot_5000": Entry(
-                NO_COT_METHOD,
-                train={"max_steps": 20000, "lr": 5e-4, "warmup_steps": 20, "eval_every": 500},
-                start="cot_5000",
-                opt_in=True,
+            "nocot_cot_5000": _continued(
+                NO_COT_METHOD, "cot_5000", 20000, 5e-4, 500, warmup_steps=20
             ),
             # The latent rows at an iCoT-sized budget, on 3x2 (2 steps, so max_latent_stage=2:
             # 4 latents against CoT's 17 tokens), from cot_5000: 1,500 steps for stage 1, then
