@@ -176,6 +176,10 @@ RECIPES: dict[str, TaskRecipe] = {
             "icot_slow_long": _continued(
                 NO_COT_METHOD, "icot_slow", 6000, 5e-4, 500, warmup_steps=20
             ),
+            # on 3x3 icot_slow_long was still climbing at its end: 45,000 more steps of it
+            "icot_slow_long2": _continued(
+                NO_COT_METHOD, "icot_slow_long", 45000, 5e-4, 500, warmup_steps=20
+            ),
             # The control of the rows that start from cot_5000: no-CoT training of cot_5000
             # itself (all CoT tokens removed at once), the same lr, 20,000 steps.
             "nocot_cot_5000": _continued(
