@@ -139,7 +139,8 @@ RECIPES: dict[str, TaskRecipe] = {
             # iCoT at the reference's ~3k steps per removed token, measured on 3x2
             # (`--difficulty digits_b=2`, 17 tokens; ICoTConfig docstring): icot_slow 74.0%,
             # icot_slow_long 100.0% with no reasoning tokens (no-CoT 0.4%). On 3x3 (32 tokens)
-            # icot_slow is 96,000 steps after cot_5000's 5,000, about 3.5 hours on one thread.
+            # icot_slow is 96,000 steps after cot_5000's 5,000 (2 hours): 3.2%; icot_slow_long
+            # 10.8%, icot_slow_long2 93.8% with no reasoning tokens (stop 34).
             "cot_5000": Entry(
                 BASE_METHOD, train={"max_steps": 5000, "eval_every": 1000}, opt_in=True
             ),
