@@ -160,7 +160,7 @@ def test_a_baseline_row_with_a_start_continues_that_model_and_long_rows_are_opt_
     long_rows = {"cot_5000", "icot_slow", "icot_slow_long", "nocot_cot_5000", "atp_slow",
                  "coconut_sup_slow", "atp_slow3", "atp_slow3_long", "atp_slow3_long2", "icot3",
                  "icot3_fast", "icot3_long", "icot3_fast_long", "nocot_cot3",
-                 "icot_slow_long2"}  # fmt: skip
+                 "icot_slow_long2", "nocot_cot3_long"}  # fmt: skip
     assert not long_rows & set(rows)
     # the 3x3 continuations chain back to the CoT row, each start before its user
     assert with_start_rows(recipe, ["atp_slow3_long2"]) == [
@@ -171,6 +171,7 @@ def test_a_baseline_row_with_a_start_continues_that_model_and_long_rows_are_opt_
     ]
     assert with_start_rows(recipe, ["icot3_long"]) == ["cot", "icot3", "icot3_long"]
     assert with_start_rows(recipe, ["nocot_cot3"]) == ["cot", "nocot_cot3"]
+    assert with_start_rows(recipe, ["nocot_cot3_long"]) == ["cot", "nocot_cot3", "nocot_cot3_long"]
     assert with_start_rows(recipe, ["icot_slow_long2"])[-2:] == [
         "icot_slow_long",
         "icot_slow_long2",

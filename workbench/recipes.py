@@ -173,6 +173,10 @@ RECIPES: dict[str, TaskRecipe] = {
             # their control: no-CoT training of the CoT row itself (all 32 tokens removed at
             # once), icot3_fast's 27,000 steps at the same lr
             "nocot_cot3": _continued(NO_COT_METHOD, BASE_METHOD, 27000, 5e-4, warmup_steps=20),
+            # and the control of icot_slow_long2: nocot_cot3 trained on the same 45,000 steps
+            "nocot_cot3_long": _continued(
+                NO_COT_METHOD, "nocot_cot3", 45000, 5e-4, 500, warmup_steps=20
+            ),
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
             "icot_slow_long": _continued(
                 NO_COT_METHOD, "icot_slow", 6000, 5e-4, 500, warmup_steps=20
