@@ -2,7 +2,7 @@
 
 The graph task's CoT writes "Amy is a" and must copy the object of *Amy's* fact from the
 question; at the recipe difficulty the d=128 CoT model stays near chance because it does not
-(README Results, graph). This benchmark isolates that one skill as multi-query associative
+(docs/results.md, graph). This benchmark isolates that one skill as multi-query associative
 recall (MQAR, Arora et al., "Zoology", 2023): a sequence ``k1 v1 k2 v2 ... kN vN`` of random
 concept names from the graph task's vocabulary, then the N keys again in a random order, each
 followed by its value. The loss and the accuracy are on the queried values only, so a model
@@ -19,7 +19,7 @@ Usage::
 
 ``--chained k`` makes k pairs take another pair's key as their value (``a b ... b c``): those
 names appear once as a value and once as a key, like the middle concepts of a graph path, whose
-lookup the graph CoT learns only slowly (README Results, graph).
+lookup the graph CoT learns only slowly (docs/results.md, graph).
 
 The last line is one JSON object ``{"pairs", "chained", "steps", "runs": [{"arch", "lr", "seed",
 "curve": [[step, loss, accuracy], ...], "final_accuracy", "step_to_90"}, ...]}``.

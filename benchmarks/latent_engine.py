@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--attn", choices=("sdpa", "eager"), default="sdpa",
         help="the model's attention (ModelConfig.attn_implementation); eager was faster on an "
-        "AMD EPYC host (README)",
+        "AMD EPYC host (docs/results.md)",
     )  # fmt: skip
     p.add_argument(
         "--engine-attention", choices=("auto", "model", "sdpa", "eager"), default="auto",

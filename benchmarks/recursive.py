@@ -20,9 +20,10 @@ evaluates them again (same data flags) without training. Each arm's per-step tab
 advantage margin at w = 1 (``advantage_margin``, "dead compute" when <= 0), at w = 0
 (``margin_w0``) and the cross-entropy the step removed (``loss_drop``); a guidance sweep follows.
 
-Measured (``--size 9 --seconds 2400 --threads 1``, one arm per process, one core each; README
-Results): single pass 63.0% exact, TRM 98.6% (64 NFP, 10.35 with halting), DIS 97.4% (18 NFP),
-DIS at 6 NFP (``dis:n_sup=3:n=1``) 96.4% with a positive advantage margin at all three steps.
+Measured (``--size 9 --seconds 2400 --threads 1``, one arm per process, one core each;
+docs/results.md, Sudoku): single pass 63.0% exact, TRM 98.6% (64 NFP, 10.35 with halting),
+DIS 97.4% (18 NFP), DIS at 6 NFP (``dis:n_sup=3:n=1``) 96.4% with a positive advantage margin
+at all three steps.
 
 Deviation from RESEARCH 4.3 (CPU minutes instead of hours): lr 1e-3 (not 1e-4), weight decay
 0.1 (not 1.0) and EMA 0.99 (not 0.999) by default, since an arm gets only a few hundred to a

@@ -4,7 +4,7 @@ One :class:`TaskRecipe` per task names the rows a comparison trains (a registere
 its settings; ``coconut_sup`` is Coconut with step supervision) and which of them ``make
 checkpoints`` ships under ``checkpoints/<task>/<row>``. ``benchmarks/compare_methods.py`` trains
 and scores every row; :mod:`workbench.checkpoints` builds the shipped ones; the demo and the
-notebooks load those. The numbers each setting reached are in README Results and in the
+notebooks load those. The numbers each setting reached are in docs/results.md and in the
 methods' docstrings.
 """
 
@@ -37,7 +37,7 @@ class Entry:
 
 @dataclass
 class TaskRecipe:
-    """Data, model and per-method settings of one task (measured; see README Results)."""
+    """Data, model and per-method settings of one task (measured; see docs/results.md)."""
 
     difficulty: dict
     train_size: int
@@ -192,7 +192,8 @@ RECIPES: dict[str, TaskRecipe] = {
             ),
             # The latent rows at an iCoT-sized budget, on 3x2 (2 steps, so max_latent_stage=2:
             # 4 latents against CoT's 17 tokens), from cot_5000: 1,500 steps for stage 1, then
-            # 18,000 at the last stage, lr 5e-4. Measured: atp and coconut docstrings, README.
+            # 18,000 at the last stage, lr 5e-4. Measured: atp and coconut docstrings,
+            # docs/results.md.
             **{
                 name: Entry(
                     method,
@@ -214,9 +215,9 @@ RECIPES: dict[str, TaskRecipe] = {
             },
             # atp_slow's budget on 3x3 (3 steps, so max_latent_stage=3: 6 latents against
             # CoT's 32 tokens), from the CoT row (measured from checkpoints/cot copied to
-            # <out>/multiplication/cot, so compare_methods loads it, README), then continued
-            # twice at its last stage with a fresh optimizer and schedule (6,000, then 4,000
-            # steps), like arithmetic's atp_long: 1.6% -> 27.2% -> 93.2% (atp docstring, README).
+            # <out>/multiplication/cot, so compare_methods loads it), then continued twice at
+            # its last stage with a fresh optimizer and schedule (6,000, then 4,000 steps), like
+            # arithmetic's atp_long: 1.6% -> 27.2% -> 93.2% (atp docstring, docs/results.md).
             **{
                 name: Entry(
                     "atp",
@@ -280,7 +281,7 @@ RECIPES: dict[str, TaskRecipe] = {
     "graph": TaskRecipe(
         # near-chains (6 concepts, 2 steps, about 6 facts) written as word pairs ("Tom wumpus.
         # wumpus yumpus.") on a Llama body, lr 1e-3: the setting where a d=128 CoT model learns
-        # the first fact lookup (MQAR-like, README graph results). The second, whose subject is
+        # the first fact lookup (MQAR-like, docs/results.md, graph). The second, whose subject is
         # also the first fact's object, is not learned in 16,000 steps: CoT 48.2%, no-CoT 63.6%,
         # Coconut 63.6%, latents unused (chance 50). It is after 44,000 (cot_long2: 97.4%); the
         # latent rows from that CoT are the *_l2 rows (Coconut + step supervision 89.6%,
@@ -307,8 +308,8 @@ RECIPES: dict[str, TaskRecipe] = {
             **curriculum_rows(GRAPH_STAGES),
             "atp": Entry("atp", {**GRAPH_STAGES, **ATP_SUPERVISION}, _lat(1e-3)),
             # the CoT trained on (fresh optimizer and schedule): MQAR with two keys that are also
-            # values forms its recall circuit only after 8,000-10,000 steps (README graph
-            # results). Measured: 48.2% -> 65.6%, steps stated in the question 73.7% -> 82.3%.
+            # values forms its recall circuit only after 8,000-10,000 steps (docs/results.md,
+            # graph). Measured: 48.2% -> 65.6%, steps stated in the question 73.7% -> 82.3%.
             "cot_long": _continued(BASE_METHOD, "cot", 12000),
             # cot_long trained on the same way for 16,000 steps: the second lookup forms between
             # 7,000 and 9,000 of them (validation 60 -> 71.5 -> 86 -> 95%). Measured: 97.4%

@@ -82,7 +82,7 @@ type not listed keeps the model's own (on CUDA, SDPA's fused kernels). On CPU, a
 position of a decode step, SDPA cost 33% of a bf16 batch-256 run on an AMD EPYC host, and plain
 matmuls and a softmax take 13% less time per example there (1.34 against 1.54 ms at batch 256,
 2.04 against 2.26 at 64; six alternating rounds, each one faster); on a Xeon with AMX units a
-matmul decode attention measured the same as SDPA (README, engine benchmark). Training
+matmul decode attention measured the same as SDPA (docs/results.md, engine speed). Training
 (``latent_forward``) is not affected: it runs the model as built."""
 
 

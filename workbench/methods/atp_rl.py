@@ -45,11 +45,11 @@ fixed, 103 broken); no latent gradient (latent weight 0) 77.65% (66 / 48), the s
 (89 / 70). In none of them does the rollout accuracy rise from the first to the last quarter of the
 run (0.715 -> 0.712 by default), unlike LEPO's and LaTRO's, which gain 2-4 points from the same lr
 and budget.
-Stop 25 (README, "why ATP-RL does not move"): pathwise gradients, noise scales 2-8, 32 questions
-per step, a KL to the start, more passes per batch and longer runs all end between -2.1 and +1.2
-points on 1,000-2,000 held-out problems (best paired z 1.29). The trainer does learn what it
-samples: on a pool of 128 training problems seen 15 times each the pool's greedy accuracy goes
-79.7% -> 94.5% (pathwise 96.9%) while the held-out one falls 75.8% -> 71.6%.
+Stop 25 (docs/results.md, "why ATP-RL does not move"): pathwise gradients, noise scales 2-8,
+32 questions per step, a KL to the start, more passes per batch and longer runs all end between
+-2.1 and +1.2 points on 1,000-2,000 held-out problems (best paired z 1.29). The trainer does
+learn what it samples: on a pool of 128 training problems seen 15 times each the pool's greedy
+accuracy goes 79.7% -> 94.5% (pathwise 96.9%) while the held-out one falls 75.8% -> 71.6%.
 Stop 26: the budget was what was missing. With the pathwise gradient, 32 questions x 8 rollouts,
 T 0.7 and lr 3e-5, the gain grows with the trajectories sampled: 200 / 400 / 700 steps give
 +0.9 / +1.3 / **+2.85** points on 2,000 held-out problems (76.75% -> 79.60%, paired z 4.06) and

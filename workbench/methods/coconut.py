@@ -58,7 +58,7 @@ trained 44,000 steps (recipe row ``cot_long2``, 97.4%), c=1, 1,000 + 2,000 steps
 held-out problems (chance 50%, no-CoT 63.6%): plain Coconut 69.0%, usage drop 11.0 (the pause
 control 66.0%); step-supervised (``coconut_sup_l2``) **89.6%** with 2 latents against the CoT's
 6 tokens, usage drop 30.5. The lens reads its second latent as the first lookup's result (top-5
-100%), never the answer: the second lookup happens while decoding. README Results, graph.
+100%), never the answer: the second lookup happens while decoding. docs/results.md, graph.
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def quick_config(seed: int = 0) -> dict:
 
 
 def recipe(seed: int = 0) -> dict:
-    """The shipped checkpoint's settings (see README Results for what they reach)."""
+    """The shipped checkpoint's settings (see docs/results.md for what they reach)."""
     return {
         "config": CoconutConfig(c_thought=2, steps_per_stage=300, final_stage_steps=500, seed=seed),
         "train_config": default_train_config(seed=seed, lr=1e-3, warmup_steps=20, eval_every=100),

@@ -28,7 +28,7 @@ edges, 3-6 steps) but the exact edge distribution is our own.
 ``"Tom wumpus."`` and ``"wumpus yumpus."`` (:func:`to_symbolic`), keeping the question's last
 sentence and the answer. It is a difficulty knob of our own, not ProsQA's: a d=128 model from
 scratch learns the lookup of a fact's object by its subject far sooner when the subject is the
-word right before it (README graph results; ``benchmarks/associative_recall.py``).
+word right before it (docs/results.md, graph; ``benchmarks/associative_recall.py``).
 """
 
 from __future__ import annotations
