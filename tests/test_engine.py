@@ -256,3 +256,48 @@ def test_engine_runs_the_attention_kernel_asked_for_and_restores_the_models(tok,
     with pytest.raises(ZeroDivisionError):
         run()
     assert model.config._attn_implementation == "sdpa"  # restored after an error too
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_compiled_layers_match_the_batch1_reference_and_are_given_back(tok, arch):
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    from workbench.engine.compiled import compiled_layers, transformer_layers
+
+    sp = special_ids(tok)
+    model, fb = _model(tok, arch).eval(), _rule("hidden").eval()
+    layers = transformer_layers(model)
+    assert len(layers) == 2
+    ran_compiled = []
+    layers[0].register_forward_pre_hook(
+        lambda m, *_: ran_compiled.append(isinstance(m.__dict__.get("forward"), functools.partial))
+    )
+    prompts = [prompt_ids(t, sp) for t in tokenize_examples(_examples(), tok)]
+    batch = pad_prompts(prompts, sp.pad)
+    K = torch.tensor([0, 3, 1, 4, 2])
+    graphs = counters["stats"]["unique_graphs"]
+    out = run_latent(model, batch["input_ids"], batch["attention_mask"], sp, feedback=fb,
+                     stop=FixedSteps(K), max_latent_steps=5, max_new_tokens=10,
+                     record_logits=True, compile_layers=True)  # fmt: skip
+    assert ran_compiled and all(ran_compiled)
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo compiled the layers
+    assert not any("forward" in layer.__dict__ for layer in layers)  # given back
+    assert out.trace.n_latent.tolist() == K.tolist()
+    for b, p in enumerate(prompts):
+        ref = reference_generate(model, p, sp, feedback=fb, stop=FixedSteps(int(K[b])),
+                                 max_latent_steps=5, max_new_tokens=10)  # fmt: skip
+        for t, e in enumerate(ref.latent_embeds):
+            assert torch.allclose(out.trace.embeds[b, t], e, atol=1e-4)
+        for t, logits in enumerate(ref.read_logits):
+            assert torch.allclose(out.trace.logits[b, t], logits, atol=1e-4)
+        assert out.generated[b, : out.n_generated[b]].tolist() == ref.generated
+    ran_compiled.clear()
+    run_latent(model, batch["input_ids"], batch["attention_mask"], sp, max_new_tokens=2)
+    assert ran_compiled and not any(ran_compiled)  # not compiled unless asked
+    with (
+        pytest.raises(TypeError, match="no transformers decoder layers"),
+        compiled_layers(torch.nn.Linear(2, 2)),
+    ):
+        pass

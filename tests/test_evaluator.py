@@ -108,3 +108,22 @@ def test_a_spec_without_forced_eot_leaves_room_for_the_rationale():
     forced_eot = LatentSpec(stop=FixedSteps(1), max_latent_steps=1)
     forced = evaluate(model, tok, train[:4], spec=forced_eot)
     assert (forced.per_example["reasoning_tokens"] == 0).all()  # <eot> appended: answer only
+
+
+def test_evaluate_hands_compile_layers_to_the_engine(monkeypatch):
+    import workbench.eval.evaluator as evaluator
+
+    seen = []
+    real = evaluator.run_latent
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["compile_layers"])
+        return real(*args, **{**kwargs, "compile_layers": False})  # compiling: tests/test_engine
+
+    monkeypatch.setattr(evaluator, "run_latent", spy)
+    tok = build_char_tokenizer()
+    model = build_model(ModelConfig(n_layer=1, d_model=32, n_head=2), tok, seed=0)
+    examples = generate("multiplication", 3, 0, digits_a=2)
+    evaluate(model, tok, examples, batch_size=2)
+    evaluate(model, tok, examples, batch_size=2, compile_layers=True)
+    assert seen == [False, False, True, True]

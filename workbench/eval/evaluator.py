@@ -78,13 +78,15 @@ def evaluate(
     record_hidden: bool = False,
     top_k: int = 10,
     seed: int = 0,
+    compile_layers: bool = False,
 ) -> EvalResult:
     """Exact-match accuracy and reasoning lengths of ``model`` on ``examples`` (list or HF Dataset).
 
     ``max_new_tokens`` defaults to the longest gold continuation + 8: the answer, plus the explicit
     reasoning unless the spec appends ``<eot>`` after its latents (a spec that does not, such as
     LEPO's soft prefix, lets the model write the rest of its rationale). Stochastic feedback rules
-    draw from a generator seeded with ``seed``.
+    draw from a generator seeded with ``seed``. ``compile_layers`` runs the model's layers
+    compiled (:func:`~workbench.engine.loop.run_latent`): worth it from a few thousand examples.
     """
     examples = [dict(e) for e in examples]
     if not examples:
@@ -121,6 +123,7 @@ def evaluate(
             top_k=top_k,
             record_hidden=record_hidden,
             generator=gen,
+            compile_layers=compile_layers,
         )
         seconds += out.seconds
         if record_trace:
