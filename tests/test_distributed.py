@@ -35,6 +35,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env(folder: Path) -> dict:
+    """One thread per process; temporary files (torchelastic's log folders) under ``folder``,
+    not left in the system's /tmp."""
+    tmp = folder / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "TMPDIR": str(tmp)}  # fmt: skip
+
+
 def _run(mode: str, out: Path, batch_size: int, processes: int) -> list[dict]:
     report = out / "report.json"
     args = [str(SCRIPT), "--mode", mode, "--out", str(out / "run"), "--report", str(report),
@@ -46,8 +55,7 @@ def _run(mode: str, out: Path, batch_size: int, processes: int) -> list[dict]:
                "--num_processes", str(processes), "--num_machines", "1",
                "--main_process_port", str(_free_port()), "--mixed_precision", "no",
                "--dynamo_backend", "no", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(out), timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     return sorted(json.loads(report.read_text())["processes"], key=lambda r: r["rank"])
 
@@ -94,8 +102,7 @@ def test_cli_train_under_accelerate_launch_saves_once(tmp_path):
            "--method", "cot", "--steps", "4", "--out", str(out), "--set", "data.train_size=64",
            "--set", "data.test_size=8", "--set", "model.d_model=32",
            "--set", "model.n_layer=1"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     assert res.stdout.count("saved to") == 1  # the main process alone saves and reports
     from workbench.trained import TrainedModel
