@@ -35,7 +35,7 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
     if not layers:
         raise TypeError(
             f"{type(model).__name__} has no transformers decoder layers "
-            "(GradientCheckpointingLayer) to compile; run without compile=True"
+            "(GradientCheckpointingLayer) to compile; pass compile_layers=False"
         )
     return layers
 
