@@ -119,9 +119,9 @@ class ICoTConfig:
     schedule: 6,000 steps 10.8%, then 45,000 more (31 min on two threads) **93.8%** with 0
     reasoning tokens, 91.5% on 3,000 problems of another seed in no split (validation 11.5% at
     2,500, 41.5% at 9,500, 70.5% at 27,000, 90% at the end). Its control (``nocot_cot3``,
-    0.4%) trained on under the same 45,000-step schedule (``nocot_cot3_long``) was at 0.0%
-    validation at step 20,500 (stopped there), where this row was at 61%: on 3x3 the staged
-    removal matters (on 3x2 it did not).
+    0.4%) trained on under the same 45,000-step schedule (``nocot_cot3_long``) ends at 1.0%
+    (validation 0-1.5% throughout, loss 0.84 -> 0.70), where this row was at 61% by step 20,500:
+    on 3x3 the staged removal matters (on 3x2 it did not).
     """
 
     tokens_per_removal: int = 8
