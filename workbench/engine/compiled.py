@@ -12,7 +12,7 @@ on a 2-core AMD EPYC host (default d=256 model, batch 256, 6 latents + 8 answer 
 Only the layers are compiled, not the whole model: the cache object, the mask construction and
 the engine's own loop stay eager, so nothing of the engine changes and there is no graph break
 to chase. One compiled function per layer class serves every model of that class, batch and cache
-length; compiling costs 10-50 s on 2 CPU cores the first time a layer class and precision run in
+length; compiling costs 10-90 s on 2 CPU cores the first time a layer class and precision run in
 a process (less when inductor's on-disk cache has the kernels), against 0.4-0.7 ms saved per
 example at batch 256, so it pays off from tens of thousands of examples in a process (models of
 one class share the compiled code), not on a handful. The layers get their own ``forward`` back

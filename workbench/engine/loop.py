@@ -156,7 +156,7 @@ def run_latent(
     the device), ``"model"`` (the model's own), ``"sdpa"`` or ``"eager"``.
     ``compile_layers``: run the decoder layers through ``torch.compile``
     (:mod:`workbench.engine.compiled`): 1.4-1.6x faster at batch 256 in bf16 on CPU, after a
-    one-off compile of 10-50 s per process: for runs of tens of thousands of examples.
+    one-off compile of 10-90 s per process: for runs of tens of thousands of examples.
     """
     if attention not in ("auto", "model", "sdpa", "eager"):
         raise ValueError(f"attention={attention!r}: use 'auto', 'model', 'sdpa' or 'eager'")

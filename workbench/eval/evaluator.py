@@ -87,7 +87,7 @@ def evaluate(
     LEPO's soft prefix, lets the model write the rest of its rationale). Stochastic feedback rules
     draw from a generator seeded with ``seed``. ``compile_layers`` runs the model's layers
     compiled (:func:`~workbench.engine.loop.run_latent`): on 2 CPU cores it saves 0.4-0.7 ms per
-    example at batch 256 against a one-off 10-50 s, so it pays from tens of thousands of examples
+    example at batch 256 against a one-off 10-90 s, so it pays from tens of thousands of examples
     (or many models of one class) in a process.
     """
     examples = [dict(e) for e in examples]
