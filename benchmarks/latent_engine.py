@@ -150,6 +150,9 @@ def measure(args) -> dict:
         torch.cuda.get_device_name(0) if dev.type == "cuda" else f"CPU, {args.threads} threads"
     )
 
+    # every engine call runs the same kernels (the reference and the rollouts keep their own)
+    engine_kw = {"attention": args.engine_attention, "compile_layers": args.compile}
+
     # 1. latent steps vs token steps
     rules = {
         n: (make_feedback(n, d_model=d) if n == "projected" else make_feedback(n)).to(dev).eval()
@@ -164,8 +167,7 @@ def measure(args) -> dict:
             max_latent_steps=0,
             max_new_tokens=K + 1,
             append_eot=False,
-            attention=args.engine_attention,
-            compile_layers=args.compile,
+            **engine_kw,
         ),
         args.repeat,
     )
@@ -181,8 +183,7 @@ def measure(args) -> dict:
                 max_latent_steps=K,
                 max_new_tokens=1,
                 append_eot=False,
-                attention=args.engine_attention,
-                compile_layers=args.compile,
+                **engine_kw,
             ),
             args.repeat,
         )
@@ -202,8 +203,7 @@ def measure(args) -> dict:
                 sp,
                 max_latent_steps=K,
                 max_new_tokens=n_gen,
-                attention=args.engine_attention,
-                compile_layers=args.compile,
+                **engine_kw,
             )
 
     # reference and engine alternate in rounds, so a change in the shared host's speed during the

@@ -68,6 +68,12 @@ def _continued(
     return Entry(method, train=train, start=start, opt_in=True)
 
 
+def _no_cot_continued(start: str, steps: int) -> Entry:
+    """The multiplication rows' no-CoT continuation of ``start``: lr 5e-4, validation every 500
+    steps, 20 warm-up steps (the iCoT last-stage settings)."""
+    return _continued(NO_COT_METHOD, start, steps, 5e-4, 500, warmup_steps=20)
+
+
 def curriculum_rows(stages: dict, lr: float = 1e-3) -> dict[str, Entry]:
     """pause, Coconut and step-supervised Coconut under one curriculum (CoconutConfig fields)."""
     return {
@@ -167,7 +173,7 @@ RECIPES: dict[str, TaskRecipe] = {
             },
             # each trained on 10,000 more steps at its last stage (no CoT), like icot_slow_long
             **{
-                f"{start}_long": _continued(NO_COT_METHOD, start, 10000, 5e-4, 500, warmup_steps=20)
+                f"{start}_long": _no_cot_continued(start, 10000)
                 for start in ("icot3", "icot3_fast")
             },
             # their control: no-CoT training of the CoT row itself (all 32 tokens removed at
@@ -175,22 +181,14 @@ RECIPES: dict[str, TaskRecipe] = {
             "nocot_cot3": _continued(NO_COT_METHOD, BASE_METHOD, 27000, 5e-4, warmup_steps=20),
             # and the control of icot_slow_long2: nocot_cot3 trained on the same 45,000 steps
             # (measured: 1.0%, against icot_slow_long2's 93.8%)
-            "nocot_cot3_long": _continued(
-                NO_COT_METHOD, "nocot_cot3", 45000, 5e-4, 500, warmup_steps=20
-            ),
+            "nocot_cot3_long": _no_cot_continued("nocot_cot3", 45000),
             # icot_slow trained on 6,000 more steps at its last stage (no CoT), fresh optimizer.
-            "icot_slow_long": _continued(
-                NO_COT_METHOD, "icot_slow", 6000, 5e-4, 500, warmup_steps=20
-            ),
+            "icot_slow_long": _no_cot_continued("icot_slow", 6000),
             # on 3x3 icot_slow_long was still climbing at its end: 45,000 more steps of it
-            "icot_slow_long2": _continued(
-                NO_COT_METHOD, "icot_slow_long", 45000, 5e-4, 500, warmup_steps=20
-            ),
+            "icot_slow_long2": _no_cot_continued("icot_slow_long", 45000),
             # The control of the rows that start from cot_5000: no-CoT training of cot_5000
             # itself (all CoT tokens removed at once), the same lr, 20,000 steps.
-            "nocot_cot_5000": _continued(
-                NO_COT_METHOD, "cot_5000", 20000, 5e-4, 500, warmup_steps=20
-            ),
+            "nocot_cot_5000": _no_cot_continued("cot_5000", 20000),
             # The latent rows at an iCoT-sized budget, on 3x2 (2 steps, so max_latent_stage=2:
             # 4 latents against CoT's 17 tokens), from cot_5000: 1,500 steps for stage 1, then
             # 18,000 at the last stage, lr 5e-4. Measured: atp and coconut docstrings,
